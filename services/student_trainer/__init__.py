@@ -1,0 +1,1 @@
+"""tropd student trainer: on-policy distillation of a student against a teacher service."""

@@ -1,0 +1,1 @@
+"""Teacher backends, chosen by name from an explicit registry (see `load_backend`)."""
