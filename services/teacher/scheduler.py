@@ -1,0 +1,348 @@
+"""The asyncio scheduler: batches Score and Generate work from all concurrent calls.
+
+Requests arrive already validated. Each sequence becomes a `WorkItem` with its own future; one
+loop task asks the `BatchPlanner` for the next batch (token budget, delay cap, bucketing) and
+runs it on the backend in ONE worker thread, so the event loop keeps serving health checks,
+metrics and new requests during a forward pass. Work whose caller cancelled or whose deadline
+passed is dropped before it reaches the backend. A failed forward fails only the futures of its
+own batch; the loop never dies. Time comes from an injectable `Clock`, so the policy is tested
+with a fake clock and a fake backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from teacher.backends.base import Backend, GenerateOutput, GenerateTask, ScoreOutput, ScoreTask
+from teacher.batching import BatchPlanner, Kind, WorkItem, padded_tokens
+from teacher.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    Internal,
+    ResourceExhausted,
+    TeacherError,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Clock(Protocol):
+    """Time source of the scheduler, in seconds."""
+
+    def now(self) -> float: ...
+
+    async def wait(self, event: asyncio.Event, timeout: float | None) -> None:
+        """Return once `event` is set or `timeout` seconds of this clock have passed."""
+        ...
+
+
+class MonotonicClock:
+    """The real clock: `time.monotonic` and asyncio timeouts."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def wait(self, event: asyncio.Event, timeout: float | None) -> None:
+        if timeout is not None and timeout <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+
+class SchedulerHooks(Protocol):
+    """Observation points for metrics; every method must be cheap and must not raise."""
+
+    def on_queue_depth(self, tokens: int, items: int) -> None: ...
+
+    def on_batch(
+        self, kind: Kind, waits_s: Sequence[float], real_tokens: int, padded_tokens: int
+    ) -> None: ...
+
+    def on_forward(self, kind: Kind, seconds: float, ok: bool) -> None: ...
+
+    def on_rejection(self, reason: str) -> None: ...
+
+
+class NullHooks:
+    """Hooks that record nothing."""
+
+    def on_queue_depth(self, tokens: int, items: int) -> None:
+        pass
+
+    def on_batch(
+        self, kind: Kind, waits_s: Sequence[float], real_tokens: int, padded_tokens: int
+    ) -> None:
+        pass
+
+    def on_forward(self, kind: Kind, seconds: float, ok: bool) -> None:
+        pass
+
+    def on_rejection(self, reason: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_batch_tokens: int  # padded tokens per forward pass
+    max_delay_s: float  # longest wait for a batch to fill
+    max_queue_tokens: int  # queued (not yet running) tokens before RESOURCE_EXHAUSTED
+
+
+def _item_error(item: WorkItem, now: float) -> TeacherError:
+    if item.deadline is not None and now >= item.deadline:
+        return DeadlineExceeded(
+            f"deadline passed after {now - item.enqueued_at:.3f}s in the queue, before compute"
+        )
+    return Cancelled("the caller cancelled the request before compute")
+
+
+class Scheduler:
+    """Token-budget batching of Score and Generate work in front of one backend."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        config: SchedulerConfig,
+        clock: Clock | None = None,
+        hooks: SchedulerHooks | None = None,
+        executor: Executor | None = None,
+    ) -> None:
+        """Args:
+        backend: the model; called from one worker thread only.
+        config: budget, delay cap and queue bound.
+        clock: time source (default: the monotonic clock).
+        hooks: metrics observer (default: records nothing).
+        executor: where backend calls run (default: a private single-thread pool).
+        """
+        self._backend = backend
+        self._config = config
+        self._clock = clock or MonotonicClock()
+        self._hooks = hooks or NullHooks()
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="teacher-backend")
+        self._planner = BatchPlanner(config.max_batch_tokens, config.max_delay_s)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._in_flight: list[WorkItem] = []
+        self._closing = False
+        self._tokens_per_s: float | None = None  # smoothed padded throughput, for retry hints
+
+    @property
+    def executor(self) -> Executor:
+        return self._executor
+
+    @property
+    def queued_tokens(self) -> int:
+        return self._planner.queued_tokens
+
+    @property
+    def idle(self) -> bool:
+        return self._planner.num_items == 0 and not self._in_flight
+
+    def start(self) -> None:
+        """Start the batching loop on the running event loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="scheduler")
+
+    async def score(
+        self, tasks: Sequence[ScoreTask], deadline: float | None = None
+    ) -> list[ScoreOutput]:
+        """Score validated tasks; they may be spread over several batches.
+
+        Args:
+            tasks: validated ScoreTasks (see `teacher.validation`).
+            deadline: clock time after which unstarted work is dropped, or None.
+        Returns:
+            One ScoreOutput per task, in order.
+        Raises:
+            ResourceExhausted: the queue cannot hold the request now (carries a retry hint).
+            Unavailable: the scheduler is draining.
+            DeadlineExceeded, Cancelled, Internal: the work was dropped or its batch failed.
+        """
+        return await self._submit("score", tasks, [len(t.ids) for t in tasks], deadline)
+
+    async def generate(
+        self, tasks: Sequence[GenerateTask], deadline: float | None = None
+    ) -> list[GenerateOutput]:
+        """Generate for validated tasks; like `score`, batched apart from score work.
+
+        Args:
+            tasks: validated GenerateTasks.
+            deadline: clock time after which unstarted work is dropped, or None.
+        Returns:
+            One GenerateOutput per task, in order.
+        """
+        lengths = [len(t.prompt) + t.max_new_tokens for t in tasks]
+        return await self._submit("generate", tasks, lengths, deadline)
+
+    def _retry_hint_s(self, extra_tokens: int) -> float:
+        backlog = self._planner.queued_tokens + extra_tokens
+        if not self._tokens_per_s:
+            return max(0.1, self._config.max_delay_s)
+        return min(30.0, max(0.05, backlog / self._tokens_per_s))
+
+    async def _submit(
+        self, kind: Kind, tasks: Sequence[Any], lengths: list[int], deadline: float | None
+    ) -> list[Any]:
+        if self._closing:
+            self._hooks.on_rejection("draining")
+            raise Unavailable("the teacher is shutting down; retry on another replica")
+        total = sum(lengths)
+        queued = self._planner.queued_tokens
+        if queued + total > self._config.max_queue_tokens:
+            self._hooks.on_rejection("queue_full")
+            hint = self._retry_hint_s(total)
+            raise ResourceExhausted(
+                f"queue full: {queued} tokens waiting + {total} in this request exceed "
+                f"max_queue_tokens = {self._config.max_queue_tokens}; retry in ~{hint:.2f}s",
+                reason="queue_full",
+                retry_after_s=hint,
+            )
+        loop = asyncio.get_running_loop()
+        now = self._clock.now()
+        items = [
+            WorkItem(kind, task, length, loop.create_future(), now, deadline)
+            for task, length in zip(tasks, lengths, strict=True)
+        ]
+        self._planner.add(items)
+        self._report_depth()
+        self._wake.set()
+        try:
+            return list(await asyncio.gather(*(item.future for item in items)))
+        except BaseException:
+            # One piece failed or the caller went away: the rest must not reach the backend.
+            for item in items:
+                item.future.cancel()
+            self._wake.set()
+            raise
+
+    def _report_depth(self) -> None:
+        self._hooks.on_queue_depth(self._planner.queued_tokens, self._planner.num_items)
+
+    def _drop_dead(self) -> None:
+        now = self._clock.now()
+        dead = self._planner.remove_dead(now)
+        for item in dead:
+            if item.future.cancelled():
+                self._hooks.on_rejection("cancelled")
+            elif not item.future.done():
+                error = _item_error(item, now)
+                self._hooks.on_rejection(error.reason)
+                item.future.set_exception(error)
+        if dead:
+            self._report_depth()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the loop must outlive any bug in one iteration
+                log.exception("scheduler iteration failed; continuing")
+                await asyncio.sleep(0.01)
+
+    async def _step(self) -> None:
+        self._drop_dead()
+        now = self._clock.now()
+        batch = self._planner.next_batch(now, flush=self._closing)
+        if batch is None:
+            self._wake.clear()
+            wake = self._planner.wake_time()
+            await self._clock.wait(self._wake, None if wake is None else wake - now)
+            return
+        self._report_depth()
+        await self._dispatch(batch)
+
+    async def _dispatch(self, batch: list[WorkItem]) -> None:
+        kind = batch[0].kind
+        now = self._clock.now()
+        padded = padded_tokens(batch)
+        self._hooks.on_batch(
+            kind, [now - it.enqueued_at for it in batch], sum(it.length for it in batch), padded
+        )
+        call: Callable[[Any], list[Any]] = (
+            self._backend.score if kind == "score" else self._backend.generate
+        )
+        self._in_flight = batch
+        started = time.perf_counter()
+        try:
+            outputs = await asyncio.get_running_loop().run_in_executor(
+                self._executor, call, [it.task for it in batch]
+            )
+            if len(outputs) != len(batch):
+                raise RuntimeError(f"backend returned {len(outputs)} outputs for {len(batch)}")
+        except Exception as exc:
+            seconds = time.perf_counter() - started
+            self._hooks.on_forward(kind, seconds, ok=False)
+            log.exception("%s batch of %d sequences failed", kind, len(batch))
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(
+                        Internal(
+                            f"the teacher's {kind} forward failed on a batch of {len(batch)} "
+                            f"sequences ({padded} padded tokens): {type(exc).__name__}: {exc}",
+                            reason="backend_error",
+                        )
+                    )
+            return
+        finally:
+            self._in_flight = []
+        seconds = time.perf_counter() - started
+        self._hooks.on_forward(kind, seconds, ok=True)
+        if seconds > 0:
+            rate = padded / seconds
+            self._tokens_per_s = (
+                rate if self._tokens_per_s is None else (0.8 * self._tokens_per_s + 0.2 * rate)
+            )
+        for item, output in zip(batch, outputs, strict=True):
+            if not item.future.done():
+                item.future.set_result(output)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new work, finish queued and in-flight work, within `timeout_s` seconds.
+
+        Args:
+            timeout_s: grace period (real seconds).
+        Returns:
+            True when everything finished; False when the grace period ran out (work still
+            queued is then failed with UNAVAILABLE).
+        """
+        self._closing = True
+        self._wake.set()
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not self.idle:
+                    await asyncio.sleep(0.01)
+            return True
+        except TimeoutError:
+            for item in self._planner.remove_all():
+                if not item.future.done():
+                    item.future.set_exception(
+                        Unavailable("the teacher shut down before this work could run")
+                    )
+            self._report_depth()
+            return False
+
+    async def close(self) -> None:
+        """Stop the loop, fail anything still pending, and release the worker thread."""
+        self._closing = True
+        in_flight = list(self._in_flight)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for item in self._planner.remove_all() + in_flight:
+            if not item.future.done():
+                item.future.set_exception(Unavailable("the teacher is shutting down"))
+        if self._own_executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,264 @@
+"""Scheduler and batching policy, driven by a fake clock and a fake backend (no model)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from teacher.backends.base import GenerateOutput, GenerateTask, ScoreOutput, ScoreTask
+from teacher.batching import BatchPlanner, WorkItem, padded_tokens
+from teacher.errors import DeadlineExceeded, Internal, ResourceExhausted, Unavailable
+from teacher.scheduler import Scheduler, SchedulerConfig
+
+POISON = 666  # a first id that makes the fake backend raise
+
+
+class FakeClock:
+    """Time moves only when a test calls `advance`."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self._tick = asyncio.Event()
+
+    def now(self) -> float:
+        return self.t
+
+    async def wait(self, event: asyncio.Event, timeout: float | None) -> None:
+        end = None if timeout is None else self.t + timeout
+        while not event.is_set() and (end is None or self.t < end):
+            waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._tick.wait())]
+            _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+        tick, self._tick = self._tick, asyncio.Event()
+        tick.set()
+
+
+class FakeBackend:
+    """Returns ids as log-probs; records every batch; raises on a POISON sequence."""
+
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        self.batches: list[list[int]] = []  # lengths of each batch's tasks
+        self.gate = gate
+
+    def score(self, tasks: Sequence[ScoreTask]) -> list[ScoreOutput]:
+        if self.gate is not None:
+            self.gate.wait(5)
+        self.batches.append([len(t.ids) for t in tasks])
+        if any(int(t.ids[0]) == POISON for t in tasks):
+            raise RuntimeError("poisoned batch")
+        return [ScoreOutput(np.asarray(t.ids[t.start : t.end], np.float32)) for t in tasks]
+
+    def generate(self, tasks: Sequence[GenerateTask]) -> list[GenerateOutput]:
+        self.batches.append([-len(t.prompt) for t in tasks])
+        return [
+            GenerateOutput(t.prompt[:1].astype(np.int32), np.zeros(1, np.float32), "length")
+            for t in tasks
+        ]
+
+
+def task(n: int, first: int = 1) -> ScoreTask:
+    ids = np.full(n, 2, np.int32)
+    ids[0] = first
+    return ScoreTask(ids, 1, n)
+
+
+def config(budget: int = 64, delay_s: float = 0.01, queue: int = 10_000) -> SchedulerConfig:
+    return SchedulerConfig(max_batch_tokens=budget, max_delay_s=delay_s, max_queue_tokens=queue)
+
+
+async def settle() -> None:
+    """Let the loop and the worker thread run until nothing changes."""
+    for _ in range(50):
+        await asyncio.sleep(0.002)
+
+
+def run(coro_fn):
+    return asyncio.run(coro_fn())
+
+
+# --- the pure policy ------------------------------------------------------------------------
+
+
+def items(lengths: Sequence[int], t0: float = 0.0) -> list[WorkItem]:
+    loop = asyncio.new_event_loop()
+    out = [
+        WorkItem("score", task(n), n, loop.create_future(), t0 + i * 1e-3)
+        for i, n in enumerate(lengths)
+    ]
+    loop.close()
+    return out
+
+
+def test_planner_respects_token_budget_counting_padding() -> None:
+    planner = BatchPlanner(max_batch_tokens=100, max_delay_s=1.0)
+    planner.add(items([10, 30, 12, 31, 11, 29, 50, 9]))
+    seen = []
+    while (batch := planner.next_batch(now=10.0)) is not None:
+        assert padded_tokens(batch) <= 100
+        seen.extend(it.length for it in batch)
+    assert sorted(seen) == [9, 10, 11, 12, 29, 30, 31, 50]
+    assert planner.queued_tokens == 0
+
+
+def test_planner_buckets_by_length() -> None:
+    planner = BatchPlanner(max_batch_tokens=40, max_delay_s=0.0)
+    planner.add(items([10, 2, 10, 2, 10, 2, 10, 2]))
+    first = planner.next_batch(now=1.0)
+    # The oldest (length 10) goes with its own kind, not padded with the short ones.
+    assert [it.length for it in first] == [10, 10, 10, 10]
+    assert [it.length for it in planner.next_batch(now=1.0)] == [2, 2, 2, 2]
+
+
+def test_planner_waits_for_delay_cap_unless_full() -> None:
+    planner = BatchPlanner(max_batch_tokens=100, max_delay_s=0.5)
+    planner.add(items([10, 10], t0=1.0))
+    assert planner.next_batch(now=1.2) is None
+    assert planner.wake_time() == pytest.approx(1.5)
+    assert len(planner.next_batch(now=1.5)) == 2
+    planner.add(items([40, 40, 40], t0=2.0))  # 3 x 40 > 100: the budget is reached now
+    assert len(planner.next_batch(now=2.0)) == 2
+
+
+def test_planner_runs_an_oversized_item_alone() -> None:
+    planner = BatchPlanner(max_batch_tokens=16, max_delay_s=0.5)
+    planner.add(items([40, 4]))
+    assert [it.length for it in planner.next_batch(now=0.0)] == [40]
+
+
+# --- the async scheduler ----------------------------------------------------------------------
+
+
+def test_delay_cap_then_one_batch() -> None:
+    async def main() -> None:
+        clock, backend = FakeClock(), FakeBackend()
+        sched = Scheduler(backend, config(budget=1000, delay_s=0.01), clock=clock)
+        sched.start()
+        calls = [asyncio.ensure_future(sched.score([task(5)])) for _ in range(3)]
+        await settle()
+        assert backend.batches == []  # under budget: waiting for the delay cap
+        clock.advance(0.01)
+        results = await asyncio.gather(*calls)
+        assert backend.batches == [[5, 5, 5]]
+        assert [r[0].logprobs.tolist() for r in results] == [[2, 2, 2, 2]] * 3
+        await sched.close()
+
+    run(main)
+
+
+def test_budget_splits_batches_and_never_mixes_kinds() -> None:
+    async def main() -> None:
+        clock, backend = FakeClock(), FakeBackend()
+        sched = Scheduler(backend, config(budget=20, delay_s=0.01), clock=clock)
+        sched.start()
+        score = asyncio.ensure_future(sched.score([task(5) for _ in range(8)]))
+        gen = asyncio.ensure_future(sched.generate([GenerateTask(np.ones(3, np.int32), 2)] * 2))
+        await settle()
+        clock.advance(0.01)
+        await asyncio.gather(score, gen)
+        assert all(5 * len(b) <= 20 for b in backend.batches if b[0] > 0)
+        assert sum(len(b) for b in backend.batches if b[0] > 0) == 8
+        assert [b for b in backend.batches if b[0] < 0] == [[-3, -3]]
+        await sched.close()
+
+    run(main)
+
+
+def test_queue_full_is_resource_exhausted_with_hint() -> None:
+    async def main() -> None:
+        clock, backend = FakeClock(), FakeBackend()
+        sched = Scheduler(backend, config(budget=1000, queue=12), clock=clock)
+        sched.start()
+        first = asyncio.ensure_future(sched.score([task(10)]))
+        await settle()
+        with pytest.raises(ResourceExhausted) as info:
+            await sched.score([task(5)])
+        assert "max_queue_tokens = 12" in info.value.message
+        assert info.value.retry_after_s and info.value.retry_after_s > 0
+        clock.advance(1.0)
+        await first
+        await sched.close()
+
+    run(main)
+
+
+def test_expired_deadline_never_reaches_backend() -> None:
+    async def main() -> None:
+        clock, backend = FakeClock(), FakeBackend()
+        sched = Scheduler(backend, config(budget=1000, delay_s=0.5), clock=clock)
+        sched.start()
+        late = asyncio.ensure_future(sched.score([task(7)], deadline=0.1))
+        ok = asyncio.ensure_future(sched.score([task(5)], deadline=10.0))
+        await settle()
+        clock.advance(0.2)
+        with pytest.raises(DeadlineExceeded):
+            await late
+        clock.advance(0.5)
+        await ok
+        assert backend.batches == [[5]]
+        await sched.close()
+
+    run(main)
+
+
+def test_cancelled_caller_never_reaches_backend() -> None:
+    async def main() -> None:
+        clock, backend = FakeClock(), FakeBackend()
+        sched = Scheduler(backend, config(budget=1000, delay_s=0.5), clock=clock)
+        sched.start()
+        gone = asyncio.ensure_future(sched.score([task(7), task(7)]))
+        ok = asyncio.ensure_future(sched.score([task(5)]))
+        await settle()
+        gone.cancel()
+        await settle()
+        clock.advance(1.0)
+        await ok
+        assert backend.batches == [[5]]
+        assert sched.queued_tokens == 0
+        await sched.close()
+
+    run(main)
+
+
+def test_failed_forward_fails_only_its_batch_and_loop_survives() -> None:
+    async def main() -> None:
+        clock, backend = FakeClock(), FakeBackend()
+        sched = Scheduler(backend, config(budget=12, delay_s=0.01), clock=clock)
+        sched.start()
+        bad = asyncio.ensure_future(sched.score([task(6, first=POISON)]))
+        good = asyncio.ensure_future(sched.score([task(10)]))  # too long to share bad's batch
+        await settle()
+        clock.advance(0.01)
+        with pytest.raises(Internal, match="forward failed on a batch of 1"):
+            await bad
+        assert (await good)[0].logprobs.shape == (9,)
+        again = asyncio.ensure_future(sched.score([task(4)]))
+        await settle()
+        clock.advance(0.01)
+        assert len(await again) == 1
+        await sched.close()
+
+    run(main)
+
+
+def test_drain_finishes_queued_work_then_refuses() -> None:
+    async def main() -> None:
+        clock, backend = FakeClock(), FakeBackend()
+        sched = Scheduler(backend, config(budget=1000, delay_s=60.0), clock=clock)
+        sched.start()
+        queued = asyncio.ensure_future(sched.score([task(5)]))
+        await settle()
+        assert await sched.drain(timeout_s=5.0)  # flushes without waiting for the delay cap
+        assert len(await queued) == 1
+        with pytest.raises(Unavailable):
+            await sched.score([task(5)])
+        await sched.close()
+
+    run(main)
