@@ -1,0 +1,35 @@
+"""The one place the trainer maps "response token j" to model outputs.
+
+A sequence is `ids = context + response`, with the response starting at `start = len(context)`.
+Response token j is ids[start + j]; the causal LM predicts it from the logits at position
+start + j - 1. This matches the teacher's contract (row i of a Score result scores
+ids[start + i] given ids[:start + i]), so teacher rows and student rows line up one to one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def response_index(starts_B: torch.Tensor, lengths_B: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of the logits that predict each response token, and which entries are real.
+
+    Args:
+        starts_B: int64 [B], first response position of each row (>= 1).
+        lengths_B: int64 [B], response length of each row.
+        width: T, the padded response width (>= max length).
+    Returns:
+        idx_B_T: int64 [B, T], logits position predicting response token j (clamped to >= 0 on
+        padding so it is always a valid index), and valid_B_T: bool [B, T].
+    """
+    j_T = torch.arange(width, device=starts_B.device)
+    valid_B_T = j_T.unsqueeze(0) < lengths_B.unsqueeze(1)
+    idx_B_T = (starts_B.unsqueeze(1) + j_T.unsqueeze(0) - 1).clamp(min=0)
+    idx_B_T = torch.where(valid_B_T, idx_B_T, torch.zeros_like(idx_B_T))
+    return idx_B_T, valid_B_T
+
+
+def gather_positions(x_B_L_D: torch.Tensor, idx_B_T: torch.Tensor) -> torch.Tensor:
+    """x[b, idx[b, t], :] for every (b, t): [B, L, D] -> [B, T, D]."""
+    index = idx_B_T.unsqueeze(-1).expand(-1, -1, x_B_L_D.shape[-1])
+    return x_B_L_D.gather(1, index)

@@ -1,0 +1,173 @@
+"""Trainer configuration: frozen models that reject unknown keys, YAML plus dotted overrides.
+
+Defaults live here and only here. A recipe is one YAML file (see configs/); the command line adds
+`key.sub=value` overrides, parsed as YAML scalars (`loss.method=opd`, `optim.lr=1e-4`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from student_trainer.losses.config import LossConfig
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key and what is allowed."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class StudentConfig(_Frozen):
+    path: str = Field("builtin:student", description="HF folder or hub id; builtin:NAME = world model")
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class TeacherConfig(_Frozen):
+    target: str = Field("localhost:50051", description="host:port of the teacher gRPC service")
+    token: str | None = Field(None, description="job bearer token; default $TEACHER_TOKEN")
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(8, ge=0, description="retries on UNAVAILABLE/RESOURCE_EXHAUSTED")
+    wait_ready_s: float = Field(120.0, ge=0, description="how long to wait for a ready teacher")
+
+
+class TaskConfig(_Frozen):
+    name: str = Field("addition", description="'addition' (built-in) or 'jsonl'")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="the task's own options, checked by the task"
+    )
+    eval_size: int = Field(256, ge=1, description="eval examples used (first N of the eval set)")
+
+
+class RolloutConfig(_Frozen):
+    prompts_per_step: int = Field(32, ge=1)
+    samples_per_prompt: int = Field(4, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    max_new_tokens: int | None = Field(None, ge=1, description="default: the task's own")
+
+
+class GuidanceConfig(_Frozen):
+    fraction: float = Field(0.0, ge=0, le=1, description="share of prompts given a teacher draft")
+    source: Literal["teacher", "file"] = "teacher"
+    drafts_file: str | None = None
+    temperature: float = Field(1.0, ge=0)
+
+
+class OptimConfig(_Frozen):
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = Field(1.0, gt=0)
+    micro_batch_size: int = Field(64, ge=1, description="sequences per forward/backward")
+
+
+class TrainConfig(_Frozen):
+    steps: int = Field(100, ge=1)
+    seed: int = 0
+    eval_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(50, ge=1)
+    keep_last: int = Field(2, ge=1)
+    run_dir: str = "runs/default"
+    resume: bool = True
+    status_port: int | None = Field(0, ge=0, description="HTTP status port; 0 = any, null = off")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's")
+    progress: bool = True
+    tensorboard: bool = True
+
+
+class RunConfig(_Frozen):
+    name: str = "tropd"
+    student: StudentConfig = StudentConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    task: TaskConfig = TaskConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    guidance: GuidanceConfig = GuidanceConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> RunConfig:
+        if self.guidance.source == "file" and self.guidance.fraction > 0 and not self.guidance.drafts_file:
+            raise ValueError("guidance.source=file needs guidance.drafts_file")
+        return self
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ["a.b=1", "c=x"] into a nested dict; values are parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw else None)
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {loc}: unknown key")
+        else:
+            lines.append(f"  {loc}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:  # type: ignore[assignment]
+    """Load a recipe YAML (or the defaults when path is None) and apply dotted overrides.
+
+    Raises:
+        ConfigError: unreadable file, bad YAML, unknown key or out-of-range value.
+    """
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config {path} must be a mapping at the top level")
+        data = loaded or {}
+    data = _merge(data, parse_overrides(list(overrides)))
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from exc
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML, in field order (what `print-config` shows and runs save)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
