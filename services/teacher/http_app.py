@@ -1,0 +1,96 @@
+"""The HTTP side port: liveness, readiness, Prometheus metrics and model info. No scoring.
+
+Served by uvicorn on the server's own event loop (`start_http` returns a task), so /readyz and
+/metrics answer while a forward pass runs in the backend's worker thread. Scoring and
+generation are gRPC only, by design: this port is for orchestrators and scrapers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+
+from teacher.metrics import CONTENT_TYPE
+from teacher.state import ServerState
+
+
+def build_app(state: ServerState) -> FastAPI:
+    """The FastAPI app over one server's state.
+
+    Args:
+        state: readiness flags, model facts and metrics of the server.
+    Returns:
+        An app with GET /livez, /readyz, /metrics and /v1/info.
+    """
+    app = FastAPI(title="tropd teacher", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/livez")
+    def livez() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        if state.ready:
+            return JSONResponse({"status": "ready"})
+        status = "draining" if state.draining else "loading"
+        return JSONResponse({"status": status}, status_code=503)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/v1/info")
+    def info() -> JSONResponse:
+        if state.info is None:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return JSONResponse(state.info_dict())
+
+    return app
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that leaves SIGTERM/SIGINT to the teacher server's own drain logic."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A bound TCP socket (port 0 = any free port); uvicorn starts listening on it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.setblocking(False)
+    return sock
+
+
+async def start_http(
+    state: ServerState, host: str, port: int
+) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
+    """Serve the app on the running loop.
+
+    Args:
+        state: the server state the app reports on.
+        host: address to bind.
+        port: port to bind (0 = any free port).
+    Returns:
+        The uvicorn server (set `should_exit` to stop it), its task and the bound port.
+    """
+    sock = bind_socket(host, port)
+    bound = sock.getsockname()[1]
+    config = uvicorn.Config(build_app(state), lifespan="off", access_log=False, log_level="warning")
+    server = _EmbeddedServer(config)
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]), name="http")
+    while not server.started and not task.done():
+        await asyncio.sleep(0.005)
+    if task.done():
+        task.result()  # re-raise the start-up failure
+    return server, task, bound

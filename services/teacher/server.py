@@ -1,0 +1,265 @@
+"""The teacher server's lifecycle: bind, load, warm, serve, drain, stop.
+
+`TeacherServer` owns one gRPC (`grpc.aio`) server, the HTTP side port, the scheduler and the
+backend, all on one event loop; the backend runs in one worker thread. Health
+(grpc.health.v1, services "" and "tropd.teacher.v1.Teacher") says NOT_SERVING until the model is
+loaded and warmed, then SERVING; on stop it goes NOT_SERVING, new calls get UNAVAILABLE, queued
+and in-flight work drains for up to `drain_grace_s`, then everything closes.
+
+    tropd-teacher serve --model PATH          # the CLI (SIGTERM/SIGINT -> drain, exit 0)
+    handle = start_server(config)             # in-process, in a background thread
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from tropd.teacher.v1 import teacher_pb2 as pb
+from tropd.teacher.v1 import teacher_pb2_grpc as pb_grpc
+
+from teacher.backends.base import Backend
+from teacher.config import ServerConfig
+from teacher.http_app import start_http
+from teacher.metrics import TeacherMetrics
+from teacher.scheduler import MonotonicClock, Scheduler, SchedulerConfig
+from teacher.servicer import TeacherServicer
+from teacher.state import ServerState
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Teacher"].full_name  # "tropd.teacher.v1.Teacher"
+HEALTH_SERVICES = ("", SERVICE_NAME)
+
+
+def _load_backend(config: ServerConfig) -> Backend:
+    # Imported here: the registry pulls in torch/transformers only when a server starts.
+    from teacher.backends import load_backend
+
+    return load_backend(
+        config.backend, model_path=config.model, device=config.device, dtype=config.dtype
+    )
+
+
+class TeacherServer:
+    """One teacher server on the running event loop."""
+
+    def __init__(self, config: ServerConfig, backend: Backend | None = None) -> None:
+        """Args:
+        config: the resolved configuration.
+        backend: an already-built backend (tests, benchmarks); None loads `config.backend`.
+        """
+        self.config = config
+        self.state = ServerState(config, TeacherMetrics())
+        self.grpc_port = 0
+        self.http_port = 0
+        self._backend = backend
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="teacher-backend")
+        self._clock = MonotonicClock()
+        self._scheduler: Scheduler | None = None
+        self._servicer: TeacherServicer | None = None
+        self._health = health.aio.HealthServicer()
+        self._grpc: grpc.aio.Server | None = None
+        self._http = None
+        self._http_task: asyncio.Task[None] | None = None
+
+    @property
+    def backend(self) -> Backend | None:
+        return self._backend
+
+    async def start(self) -> None:
+        """Bind both ports (health NOT_SERVING), load and warm the model, then SERVING.
+
+        Raises:
+            RuntimeError: a port cannot be bound.
+            Exception: whatever the backend raises while loading or warming up.
+        """
+        await self._start_grpc()
+        server, self._http_task, self.http_port = await start_http(
+            self.state, self.config.host, self.config.http_port
+        )
+        self._http = server
+        log.info("listening: grpc %d, http %d", self.grpc_port, self.http_port)
+        loop = asyncio.get_running_loop()
+        if self._backend is None:
+            self._backend = await loop.run_in_executor(self._executor, _load_backend, self.config)
+        backend = self._backend
+        await loop.run_in_executor(self._executor, backend.warmup)
+        info = backend.info()
+        c = self.config
+        self._scheduler = Scheduler(
+            backend,
+            SchedulerConfig(c.max_batch_tokens, c.max_delay_ms / 1000, c.max_queue_tokens),
+            clock=self._clock,
+            hooks=self.state.metrics,
+            executor=self._executor,
+        )
+        self._scheduler.start()
+        self.state.set_loaded(info, self._scheduler)
+        for service in HEALTH_SERVICES:
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving %s (%s on %s)", self.state.model_id, info.dtype, info.device)
+
+    async def _start_grpc(self) -> None:
+        size = self.config.max_message_bytes
+        self._grpc = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", size),
+                ("grpc.max_receive_message_length", size),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        c = self.config
+        self._servicer = TeacherServicer(self.state, self._clock)
+        pb_grpc.add_TeacherServicer_to_server(self._servicer, self._grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, self._grpc)
+        for service in HEALTH_SERVICES:
+            await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        try:
+            self.grpc_port = self._grpc.add_insecure_port(f"{c.host}:{c.port}")
+        except RuntimeError as exc:
+            raise RuntimeError(f"cannot bind the gRPC port {c.host}:{c.port}: {exc}") from None
+        if self.grpc_port == 0:
+            raise RuntimeError(f"cannot bind the gRPC port {c.host}:{c.port}")
+        await self._grpc.start()
+
+    async def stop(self, grace_s: float | None = None) -> bool:
+        """Drain and stop: NOT_SERVING, refuse new calls, finish in-flight work, close.
+
+        Args:
+            grace_s: how long queued and in-flight work may take (default: drain_grace_s).
+        Returns:
+            True when all accepted work finished within the grace period.
+        """
+        grace = self.config.drain_grace_s if grace_s is None else grace_s
+        self.state.set_draining()
+        await self._health.enter_graceful_shutdown()
+        drained = True
+        if self._scheduler is not None:
+            drained = await self._scheduler.drain(grace)
+        # Responses of drained work are still being written: let the handlers return.
+        for _ in range(200):
+            if self._servicer is None or self._servicer.active_calls == 0:
+                break
+            await asyncio.sleep(0.005)
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1.0)
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            await self._http_task
+        if self._scheduler is not None:
+            await self._scheduler.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        log.info("stopped (%s)", "drained" if drained else "grace period ran out")
+        return drained
+
+
+@dataclass
+class ServerHandle:
+    """A server running in a background thread with its own event loop."""
+
+    server: TeacherServer
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+
+    @property
+    def grpc_port(self) -> int:
+        return self.server.grpc_port
+
+    @property
+    def http_port(self) -> int:
+        return self.server.http_port
+
+    @property
+    def target(self) -> str:
+        """gRPC target for a client, e.g. "127.0.0.1:50051"."""
+        return f"{_connect_host(self.server.config.host)}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{_connect_host(self.server.config.host)}:{self.http_port}"
+
+    def stop(self, grace_s: float | None = None) -> bool:
+        """Drain and stop the server, then end its thread. Returns True when fully drained."""
+        drained = asyncio.run_coroutine_threadsafe(self.server.stop(grace_s), self.loop).result()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=30)
+        return drained
+
+    def __enter__(self) -> ServerHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(grace_s=5.0)
+
+
+def _connect_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def start_server(config: ServerConfig, backend: Backend | None = None) -> ServerHandle:
+    """Start a teacher server in this process, in a background thread, and wait until SERVING.
+
+    Args:
+        config: the configuration (port 0 / http_port 0 pick free ports).
+        backend: an already-built backend to serve; None loads `config.backend`.
+    Returns:
+        A handle with the bound ports, the client target, and `stop()`.
+    Raises:
+        Whatever start-up raised (bind failure, model load failure).
+    """
+    loop = asyncio.new_event_loop()
+    server = TeacherServer(config, backend)
+    thread = threading.Thread(target=loop.run_forever, name="teacher-server", daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(server.start(), loop).result()
+    except BaseException:
+        asyncio.run_coroutine_threadsafe(server.stop(0.0), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=30)
+        raise
+    return ServerHandle(server, loop, thread)
+
+
+async def serve_until_signal(config: ServerConfig, stop: asyncio.Event) -> bool:
+    """Run a server until `stop` is set (the CLI sets it on SIGTERM/SIGINT), then drain.
+
+    Args:
+        config: the resolved configuration.
+        stop: set to begin the graceful shutdown.
+    Returns:
+        True when all accepted work finished within the grace period.
+    """
+    server = TeacherServer(config)
+    starting = asyncio.ensure_future(server.start())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if starting.done():
+        try:
+            starting.result()
+        except BaseException:
+            stopping.cancel()
+            await server.stop(0.0)
+            raise
+        print(
+            f"teacher ready: grpc {_connect_host(config.host)}:{server.grpc_port}, "
+            f"http {server.http_port}",
+            flush=True,
+        )
+        await stopping
+    else:
+        starting.cancel()
+    return await server.stop()

@@ -1,0 +1,141 @@
+"""What the gRPC servicer and the HTTP app share: readiness, the model's facts, the limits.
+
+One `ServerState` per server, mutated only on the event loop (start-up, drain). It answers
+"may a request run now?" and describes the model as the `ModelInfo` message both the gRPC
+`GetModelInfo` and the HTTP `/v1/info` return.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from tropd.teacher.v1 import teacher_pb2 as pb
+
+import teacher
+from teacher.backends.base import BackendInfo
+from teacher.config import ServerConfig
+from teacher.errors import Unavailable
+from teacher.metrics import TeacherMetrics
+from teacher.validation import Limits
+
+if TYPE_CHECKING:
+    from teacher.scheduler import Scheduler
+
+
+def limits_for(info: BackendInfo, config: ServerConfig) -> Limits:
+    """Combine the model's facts with the configured caps.
+
+    Args:
+        info: what the backend reports.
+        config: the server configuration (caps, optional max_sequence_length override).
+    Returns:
+        The limits requests are validated against.
+    """
+    max_len = info.max_sequence_length
+    if config.max_sequence_length is not None:
+        max_len = min(max_len, config.max_sequence_length)
+    return Limits(
+        vocab_size=info.vocab_size,
+        max_sequence_length=max_len,
+        max_top_k=min(config.max_top_k, info.vocab_size),
+        max_candidates=config.max_candidates,
+        max_request_tokens=config.max_request_tokens,
+        max_new_tokens=config.max_new_tokens,
+        capabilities=info.capabilities,
+    )
+
+
+@dataclass
+class ServerState:
+    """Lifecycle flags and model facts of one server."""
+
+    config: ServerConfig
+    metrics: TeacherMetrics
+    info: BackendInfo | None = None
+    limits: Limits | None = None
+    scheduler: Scheduler | None = None
+    draining: bool = False
+
+    @property
+    def ready(self) -> bool:
+        return self.limits is not None and not self.draining
+
+    @property
+    def model_id(self) -> str:
+        if self.config.model_id:
+            return self.config.model_id
+        return self.info.model_id if self.info is not None else self.config.model
+
+    def set_loaded(self, info: BackendInfo, scheduler: Scheduler) -> None:
+        self.info = info
+        self.scheduler = scheduler
+        self.limits = limits_for(info, self.config)
+        self.metrics.ready.set(1)
+
+    def set_draining(self) -> None:
+        self.draining = True
+        self.metrics.ready.set(0)
+
+    def check_serving(self) -> tuple[Limits, Scheduler]:
+        """The limits and the scheduler, or Unavailable while loading or draining."""
+        if self.draining:
+            raise Unavailable(
+                "the teacher is draining (shutting down); retry on another replica",
+                reason="draining",
+                retry_after_s=1.0,
+            )
+        if self.limits is None or self.scheduler is None:
+            raise Unavailable(
+                "the teacher is still loading its model", reason="loading", retry_after_s=1.0
+            )
+        return self.limits, self.scheduler
+
+    def info_dict(self) -> dict[str, Any]:
+        """The model info as plain JSON-able data (for /v1/info); Unavailable before loading."""
+        message = self.model_info()
+        info = self.info
+        assert info is not None and self.limits is not None  # model_info() checked both
+        limits = asdict(self.limits)
+        capabilities = limits.pop("capabilities")
+        return {
+            "model_id": message.model_id,
+            "revision": info.revision,
+            "backend": info.backend,
+            "dtype": info.dtype,
+            "device": info.device,
+            "vocab_size": info.vocab_size,
+            "tokenizer": asdict(info.tokenizer),
+            "limits": limits,
+            "capabilities": capabilities,
+            "server_version": message.server_version,
+        }
+
+    def model_info(self) -> pb.ModelInfo:
+        """The `ModelInfo` message (raises Unavailable before the model is loaded)."""
+        if self.info is None or self.limits is None:
+            raise Unavailable("the teacher is still loading its model", reason="loading")
+        info, limits = self.info, self.limits
+        fp = info.tokenizer
+        return pb.ModelInfo(
+            model_id=self.model_id,
+            revision=info.revision,
+            backend=info.backend,
+            dtype=info.dtype,
+            device=info.device,
+            vocab_size=info.vocab_size,
+            tokenizer=pb.TokenizerFingerprint(
+                sha256=fp.sha256,
+                vocab_size=fp.vocab_size,
+                bos_id=fp.bos_id,
+                eos_id=fp.eos_id,
+                pad_id=fp.pad_id,
+            ),
+            max_sequence_length=limits.max_sequence_length,
+            max_top_k=limits.max_top_k,
+            max_candidates=limits.max_candidates,
+            max_request_tokens=limits.max_request_tokens,
+            capabilities=pb.Capabilities(**asdict(limits.capabilities)),
+            server_version=teacher.__version__,
+            max_new_tokens=limits.max_new_tokens,
+        )
