@@ -1,0 +1,316 @@
+"""Python client of the teacher service: token ids in, numpy arrays out.
+
+Light on purpose: grpc, numpy, the generated stubs, `teacher.wire` and `teacher.fingerprint`
+only (no torch, no transformers), so a student job or a notebook can import it anywhere.
+
+    client = TeacherClient("localhost:50051")           # or TeacherClient.from_env()
+    client.check_tokenizer(my_fingerprint)               # TokenizerMismatch if they differ
+    rows = client.score([ids], starts=[prompt_len], top_k=20, extras=("entropy",))
+    rows[0].logprobs[i]                                  # log-prob of ids[prompt_len + i]
+
+Calls retry UNAVAILABLE, and RESOURCE_EXHAUSTED that carries the server's retry hint (a full
+queue; not a request that is simply too big), with exponential backoff and jitter, within one
+overall deadline per call. Arrays returned are read-only views of the response bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import grpc
+from tropd.teacher.v1 import teacher_pb2 as pb
+from tropd.teacher.v1 import teacher_pb2_grpc as pb_grpc
+
+from teacher.client_codec import (
+    EXTRAS,
+    Capabilities,
+    ClientBase,
+    Generation,
+    Limits,
+    RetryPolicy,
+    ScoredSequence,
+    TeacherClientError,
+    TeacherInfo,
+    TeacherRpcError,
+    TokenizerMismatch,
+    build_generate_request,
+    build_score_request,
+    compare_fingerprints,
+    final_error,
+    parse_generate,
+    parse_info,
+    parse_score,
+)
+from teacher.fingerprint import TokenizerFingerprint
+
+__all__ = [
+    "EXTRAS",
+    "AsyncTeacherClient",
+    "Capabilities",
+    "Generation",
+    "Limits",
+    "RetryPolicy",
+    "ScoredSequence",
+    "TeacherClient",
+    "TeacherClientError",
+    "TeacherInfo",
+    "TeacherRpcError",
+    "TokenizerFingerprint",
+    "TokenizerMismatch",
+]
+
+
+class TeacherClient(ClientBase):
+    """Blocking client. Thread-safe: one instance may serve many threads."""
+
+    def __init__(
+        self,
+        target: str,
+        token: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 5,
+        max_message_bytes: int = 512 * 1024 * 1024,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        """Args:
+        target: "host:port" of the teacher's gRPC port.
+        token: sent as `authorization: Bearer <token>` when given.
+        timeout: default overall deadline of one call, retries included, in seconds.
+        max_retries: retries of UNAVAILABLE / hinted RESOURCE_EXHAUSTED per call.
+        max_message_bytes: largest message sent or received.
+        credentials: TLS credentials; None for a plaintext channel.
+        """
+        super().__init__(target, token, timeout, max_retries, max_message_bytes)
+        self._channel = (
+            grpc.secure_channel(target, credentials, options=self._options)
+            if credentials is not None
+            else grpc.insecure_channel(target, options=self._options)
+        )
+        self._stub = pb_grpc.TeacherStub(self._channel)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> TeacherClient:
+        """A client for TEACHER_TARGET, with TEACHER_TOKEN when set; kwargs go to __init__."""
+        return cls(**cls._env_kwargs(environ), **kwargs)
+
+    def _call(self, name: str, method: Callable[..., Any], request: Any, timeout: float | None):
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return method(request, timeout=max(remaining, 0.001), metadata=self._metadata)
+            except grpc.RpcError as error:
+                delay = self.retry.delay_s(error, attempt, error.trailing_metadata())
+                attempt += 1
+                if delay is None or time.monotonic() + delay >= deadline:
+                    raise final_error(name, error, attempt) from None
+                time.sleep(delay)
+
+    def info(self, timeout: float | None = None) -> TeacherInfo:
+        """What the teacher serves: model, tokenizer fingerprint, limits, capabilities."""
+        message = self._call("GetModelInfo", self._stub.GetModelInfo, pb.GetModelInfoRequest(),
+                             timeout)  # fmt: skip
+        return parse_info(message)
+
+    def check_tokenizer(self, fingerprint: TokenizerFingerprint) -> TeacherInfo:
+        """Verify the teacher uses `fingerprint`'s tokenizer; later responses are checked too.
+
+        Args:
+            fingerprint: the student's tokenizer fingerprint (`teacher.fingerprint`).
+        Returns:
+            The teacher's info.
+        Raises:
+            TokenizerMismatch: the fingerprints differ (the message names both).
+        """
+        info = self.info()
+        compare_fingerprints(fingerprint, info.fingerprint)
+        self._expected_sha = info.fingerprint.sha256
+        return info
+
+    def score(
+        self,
+        sequences: Sequence[Any],
+        starts: int | Sequence[int],
+        ends: int | Sequence[int] | None = None,
+        top_k: int = 0,
+        candidates: Sequence[Any | None] | None = None,
+        extras: Iterable[str] = (),
+        logprob_dtype: str = "float32",
+        timeout: float | None = None,
+    ) -> list[ScoredSequence]:
+        """Teacher log-probs of given token ids.
+
+        Args:
+            sequences: token-id sequences (anything convertible to an int32 array).
+            starts: first scored position per sequence (>= 1), or one int for all.
+            ends: one past the last scored position (per sequence, one int, or None = to the
+                end of each sequence).
+            top_k: also return the teacher's k best ids and log-probs at each position.
+            candidates: per sequence, None or int32 [end - start, C] ids whose log-probs to
+                gather at each position.
+            extras: any of "logsumexp", "entropy", "rank".
+            logprob_dtype: "float32" or "float16" for the log-prob arrays.
+            timeout: overall deadline in seconds (default: the client's).
+        Returns:
+            One ScoredSequence per sequence; row i scores ids[start + i].
+        Raises:
+            TeacherRpcError: the server refused (e.g. INVALID_ARGUMENT) or stayed unavailable.
+            ValueError: arguments that cannot form a request.
+        """
+        request = build_score_request(
+            sequences, starts, ends, top_k, candidates, extras, logprob_dtype
+        )
+        response = self._call("Score", self._stub.Score, request, timeout)
+        self._check_response(response.tokenizer_sha256)
+        return parse_score(response)
+
+    def generate(
+        self,
+        prompts: Sequence[Any],
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop_ids: Iterable[int] = (),
+        logprob_dtype: str = "float32",
+        timeout: float | None = None,
+    ) -> list[Generation]:
+        """Sample continuations from the teacher.
+
+        Args:
+            prompts: token-id prompts.
+            max_new_tokens: tokens to generate per prompt (>= 1, up to the server cap).
+            temperature: 0 for greedy.
+            top_p: nucleus mass in (0, 1].
+            seed: prompt i samples with seed + i, so one request is reproducible.
+            stop_ids: a sequence ends after emitting one of these.
+            logprob_dtype: "float32" or "float16".
+            timeout: overall deadline in seconds (default: the client's).
+        Returns:
+            One Generation per prompt.
+        """
+        request = build_generate_request(
+            prompts, max_new_tokens, temperature, top_p, seed, stop_ids, logprob_dtype
+        )
+        response = self._call("Generate", self._stub.Generate, request, timeout)
+        self._check_response(response.tokenizer_sha256)
+        return parse_generate(response)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> TeacherClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncTeacherClient(ClientBase):
+    """asyncio client with the same methods as TeacherClient, as coroutines."""
+
+    def __init__(
+        self,
+        target: str,
+        token: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 5,
+        max_message_bytes: int = 512 * 1024 * 1024,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        """Args: as `TeacherClient`. Create it inside the event loop that will use it."""
+        super().__init__(target, token, timeout, max_retries, max_message_bytes)
+        self._channel = (
+            grpc.aio.secure_channel(target, credentials, options=self._options)
+            if credentials is not None
+            else grpc.aio.insecure_channel(target, options=self._options)
+        )
+        self._stub = pb_grpc.TeacherStub(self._channel)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **kwargs: Any
+    ) -> AsyncTeacherClient:
+        """A client for TEACHER_TARGET, with TEACHER_TOKEN when set; kwargs go to __init__."""
+        return cls(**cls._env_kwargs(environ), **kwargs)
+
+    async def _call(
+        self, name: str, method: Callable[..., Any], request: Any, timeout: float | None
+    ):
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return await method(request, timeout=max(remaining, 0.001), metadata=self._metadata)
+            except grpc.aio.AioRpcError as error:
+                delay = self.retry.delay_s(error, attempt, error.trailing_metadata())
+                attempt += 1
+                if delay is None or time.monotonic() + delay >= deadline:
+                    raise final_error(name, error, attempt) from None
+                await asyncio.sleep(delay)
+
+    async def info(self, timeout: float | None = None) -> TeacherInfo:
+        """See `TeacherClient.info`."""
+        message = await self._call(
+            "GetModelInfo", self._stub.GetModelInfo, pb.GetModelInfoRequest(), timeout
+        )
+        return parse_info(message)
+
+    async def check_tokenizer(self, fingerprint: TokenizerFingerprint) -> TeacherInfo:
+        """See `TeacherClient.check_tokenizer`."""
+        info = await self.info()
+        compare_fingerprints(fingerprint, info.fingerprint)
+        self._expected_sha = info.fingerprint.sha256
+        return info
+
+    async def score(
+        self,
+        sequences: Sequence[Any],
+        starts: int | Sequence[int],
+        ends: int | Sequence[int] | None = None,
+        top_k: int = 0,
+        candidates: Sequence[Any | None] | None = None,
+        extras: Iterable[str] = (),
+        logprob_dtype: str = "float32",
+        timeout: float | None = None,
+    ) -> list[ScoredSequence]:
+        """See `TeacherClient.score`."""
+        request = build_score_request(
+            sequences, starts, ends, top_k, candidates, extras, logprob_dtype
+        )
+        response = await self._call("Score", self._stub.Score, request, timeout)
+        self._check_response(response.tokenizer_sha256)
+        return parse_score(response)
+
+    async def generate(
+        self,
+        prompts: Sequence[Any],
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop_ids: Iterable[int] = (),
+        logprob_dtype: str = "float32",
+        timeout: float | None = None,
+    ) -> list[Generation]:
+        """See `TeacherClient.generate`."""
+        request = build_generate_request(
+            prompts, max_new_tokens, temperature, top_p, seed, stop_ids, logprob_dtype
+        )
+        response = await self._call("Generate", self._stub.Generate, request, timeout)
+        self._check_response(response.tokenizer_sha256)
+        return parse_generate(response)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncTeacherClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
