@@ -31,7 +31,7 @@ class ServerConfig(BaseModel):
     backend: str = Field("hf", description="backend registry name")
     device: str = Field("cpu", description='torch device, e.g. "cpu", "cuda", "cuda:1"')
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
-        "float32", description="compute dtype of the model weights"
+        "float32", description="compute dtype of the weights: float32, bfloat16, float16 or auto"
     )
     host: str = Field("0.0.0.0", description="address both ports bind to")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 = any free port)")
