@@ -1,0 +1,57 @@
+"""`LossConfig`: which loss the trainer optimises and its knobs (DESIGN §3).
+
+Data only: the defaults live here and nowhere else; the loss functions read them, the trainer
+reads `method`/`outlier`/`topk` to decide what to ask the teacher for (see `registry`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Method = Literal["opd", "tropd", "clip", "mask", "fkl_topk", "jsd", "eopd", "entropy_top20", "sft"]
+Outlier = Literal["topk_fkl", "topk_fkl_reward", "mask", "clip"]
+
+
+class LossConfig(BaseModel):
+    """The loss surface of one training run; one switch (`method`) picks the method.
+
+    Every field is validated on construction; a bad value raises pydantic's `ValidationError`,
+    whose message names the key (e.g. `tau`) and the violated bound.
+    """
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", allow_inf_nan=False, use_attribute_docstrings=True
+    )
+
+    method: Method = "tropd"
+    """Which loss: `tropd` (the product) or one of the baselines of DESIGN §3."""
+
+    outlier: Outlier = "topk_fkl"
+    """TrOPD only: what outlier tokens (trust test failed) contribute. `topk_fkl` is the
+    paper's final choice and won the prototype benchmark (DESIGN §4), hence the default."""
+
+    topk: int = Field(default=64, ge=1)
+    """How many teacher top-k candidates to request for the top-k forward-KL terms. The losses use
+    every column they are given, so a teacher that caps k at its vocabulary is fine."""
+
+    tau: float = -5.0
+    """Reward floor / threshold in nats on `r_t = lp_T - lp_S`: `clip` floors r_t at tau, `mask`
+    drops tokens with r_t < tau, TrOPD's `clip` outlier mode floors outliers. Our choice: -5 keeps
+    tokens the teacher gives >= ~1/150 of the student's probability untouched and caps the
+    ~-13 rewards of a near-certain teacher (DESIGN §4); REOPOLD's own value is not reproduced."""
+
+    beta_guidance: float = Field(default=0.001, ge=0.0)
+    """Weight of the teacher-prefix likelihood term `-beta * log pi_S(x)` (DESIGN §3, step 4)."""
+
+    jsd_beta: float = Field(default=0.5, gt=0.0, lt=1.0)
+    """`jsd` mixture weight: M = beta*pi_T + (1-beta)*pi_S; 0 and 1 would degenerate to one KL."""
+
+    eopd_entropy_threshold: float = Field(default=0.5, ge=0.0)
+    """`eopd`: add the top-k forward KL where the teacher's entropy (nats) exceeds this. Our choice:
+    0.5 nats sits below ln 2 = 0.69, the entropy of a teacher split evenly between two tokens, and
+    far above a near-certain teacher's; the EOPD paper's own rule is not reproduced."""
+
+    entropy_top_fraction: float = Field(default=0.2, gt=0.0, le=1.0)
+    """`entropy_top20`: the fraction of response tokens (highest student entropy) that get OPD."""
