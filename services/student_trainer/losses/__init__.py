@@ -1,0 +1,52 @@
+"""Student-trainer losses: pure tensor functions `(inputs, cfg, normalizer) -> (loss, metrics)`.
+
+Knows nothing about models, rollouts or the teacher service: the loop gathers log-probs into a
+`LossInputs` per micro-batch, sums `trained_token_count` over the step's micro-batches into the
+normalizer, calls `LOSSES[cfg.method]` (or `compute_loss`) on each micro-batch, and merges the
+metrics with `merge_metrics` / `summarize_metrics`. DESIGN §3 defines every method.
+"""
+
+from .aggregate import count_nonfinite, grads_finite, loss_finite, merge_metrics, summarize_metrics
+from .config import LossConfig, Method, Outlier
+from .guidance import guidance_alpha, guidance_prefix_len
+from .inputs import LossInputError, LossInputs, trained_token_count
+from .opd import entropy_top_threshold
+from .registry import (
+    LOSSES,
+    LossFn,
+    compute_loss,
+    needs_student_entropy,
+    needs_teacher_entropy,
+    needs_teacher_scores,
+    needs_topk,
+    needs_trust_uniform,
+    unmet_teacher_needs,
+)
+from .tropd import trust_region_mask
+
+__all__ = [
+    "LOSSES",
+    "LossConfig",
+    "LossFn",
+    "LossInputError",
+    "LossInputs",
+    "Method",
+    "Outlier",
+    "compute_loss",
+    "count_nonfinite",
+    "entropy_top_threshold",
+    "grads_finite",
+    "guidance_alpha",
+    "guidance_prefix_len",
+    "loss_finite",
+    "merge_metrics",
+    "needs_student_entropy",
+    "needs_teacher_entropy",
+    "needs_teacher_scores",
+    "needs_topk",
+    "needs_trust_uniform",
+    "summarize_metrics",
+    "trained_token_count",
+    "trust_region_mask",
+    "unmet_teacher_needs",
+]

@@ -1,0 +1,123 @@
+"""TrOPD (DESIGN §3): plain OPD inside a per-token trust region, a bounded signal for outliers.
+
+Trust test, no threshold hyperparameter: `p_trust = min(1, exp(lp_T - lp_S_old))` is the
+speculative-decoding acceptance probability, and `M_t = u_t < p_trust` with `u_t` the loop's seeded
+uniform draw, so the loss stays a pure, reproducible function. Trusted tokens get the OPD term with
+weight 1 and no clipping; outliers get what `cfg.outlier` says, times an optional constant weight.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .config import LossConfig
+from .inputs import LossInputError, LossInputs, require
+from .reduce import finish
+from .terms import (
+    masked,
+    mean_stat,
+    pg_token_loss,
+    reward,
+    teacher_top1_prob,
+    topk_forward_kl,
+    trust_probability,
+)
+
+
+def trust_region_mask(inputs: LossInputs) -> Tensor:
+    """`M_t`: response tokens that pass the trust test `u_t < min(1, pi_T(x_t) / pi_S_old(x_t))`.
+
+    Args:
+        inputs: needs teacher and behavior log-probs and `trust_uniform_B_T`.
+    Returns:
+        bool `[B, T]`, False outside the response mask.
+    """
+    response_B_T = inputs.response_mask_B_T
+    p_trust_B_T = trust_probability(reward(inputs, response_B_T, "tropd"))
+    uniform_B_T = masked(require(inputs, "trust_uniform_B_T", "tropd"), response_B_T)
+    return response_B_T & (uniform_B_T < p_trust_B_T)
+
+
+def tropd_loss(
+    inputs: LossInputs, cfg: LossConfig, normalizer: float
+) -> tuple[Tensor, dict[str, float]]:
+    """TrOPD: OPD on trust-region tokens plus the configured outlier term on the others.
+
+    Outlier term by `cfg.outlier` (w_t = `outlier_weight_B_T`, 1 when None):
+      * `topk_fkl`: `w_t * sum_{v in TopK} p_hat_T(v) (log p_hat_T(v) - log pi_S(v))`, gradient
+        through the student's top-k log-probs;
+      * `topk_fkl_reward`: the same FKL_t without gradient, as advantage `A_t = -FKL_t` in the
+        surrogate: `w_t * FKL_t * log pi_S(x_t)`;
+      * `mask`: 0;
+      * `clip`: `w_t * -max(r_t, tau) * log pi_S(x_t)`.
+
+    Args:
+        inputs: teacher and behavior log-probs, `trust_uniform_B_T`; the top-k fields for the
+            top-k modes (also used, without gradient, for outlier metrics whenever present).
+        cfg: supplies `outlier`, `tau`, `beta_guidance`.
+        normalizer: trained tokens of the whole optimizer step.
+    Returns:
+        `(loss, metrics)`; terms `pg` (trust region) and `outlier`.
+    """
+    response_B_T = inputs.response_mask_B_T
+    reward_B_T = reward(inputs, response_B_T, "tropd")
+    trust_B_T = trust_region_mask(inputs)
+    outlier_B_T = response_B_T & ~trust_B_T
+    weight_B_T = _outlier_weight(inputs, outlier_B_T)
+    terms = {
+        "pg": pg_token_loss(reward_B_T, inputs, trust_B_T),
+        "outlier": _weighted(weight_B_T, _outlier_token_loss(inputs, cfg, reward_B_T, outlier_B_T)),
+    }
+    stats = _tropd_stats(inputs, reward_B_T, trust_B_T, outlier_B_T)
+    return finish(terms, stats, inputs, cfg, normalizer)
+
+
+def _outlier_token_loss(
+    inputs: LossInputs, cfg: LossConfig, reward_B_T: Tensor, outlier_B_T: Tensor
+) -> Tensor:
+    if cfg.outlier == "topk_fkl":
+        return topk_forward_kl(inputs, outlier_B_T, "tropd")
+    if cfg.outlier == "topk_fkl_reward":
+        fkl_B_T = topk_forward_kl(inputs, outlier_B_T, "tropd").detach()
+        return pg_token_loss(-fkl_B_T, inputs, outlier_B_T)
+    if cfg.outlier == "clip":
+        return pg_token_loss(reward_B_T.clamp(min=cfg.tau), inputs, outlier_B_T)
+    return torch.zeros_like(reward_B_T)
+
+
+def _weighted(weight_B_T: Tensor, term_B_T: Tensor) -> Tensor:
+    """`weight * term`, exactly 0 where the weight is 0 (even if the term is inf there)."""
+    return torch.where(weight_B_T > 0.0, weight_B_T * term_B_T, 0.0)
+
+
+def _outlier_weight(inputs: LossInputs, outlier_B_T: Tensor) -> Tensor:
+    """The per-token outlier weight as a constant, 0 off outliers; 1 on outliers when None."""
+    if inputs.outlier_weight_B_T is None:
+        return outlier_B_T.float()
+    weight_B_T = masked(inputs.outlier_weight_B_T.detach(), outlier_B_T)
+    in_range_B_T = (weight_B_T >= 0.0) & (weight_B_T <= 1.0)
+    if not bool(in_range_B_T.all()):
+        bad = weight_B_T[~in_range_B_T][0].item()
+        raise LossInputError(f"outlier_weight_B_T must lie in [0, 1] at outlier tokens; got {bad}")
+    return weight_B_T
+
+
+def _tropd_stats(
+    inputs: LossInputs, reward_B_T: Tensor, trust_B_T: Tensor, outlier_B_T: Tensor
+) -> dict[str, Tensor]:
+    """Trust fraction, reverse KL on trusted tokens, and what the outliers look like."""
+    stats = mean_stat("trust_frac", trust_B_T.float(), inputs.response_mask_B_T)
+    stats |= mean_stat("reverse_kl_trust", -reward_B_T, trust_B_T)
+    if inputs.teacher_topk_logprobs_B_T_K is not None:
+        with torch.no_grad():
+            fkl_B_T = topk_forward_kl(inputs, outlier_B_T, "tropd")
+        stats |= mean_stat("outlier_fkl", fkl_B_T, outlier_B_T)
+        stats |= mean_stat(
+            "outlier_teacher_top1_prob", teacher_top1_prob(inputs, outlier_B_T), outlier_B_T
+        )
+    if inputs.teacher_entropy_B_T is not None:
+        stats |= mean_stat("outlier_teacher_entropy", inputs.teacher_entropy_B_T, outlier_B_T)
+    if inputs.outlier_weight_B_T is not None:
+        stats |= mean_stat("outlier_weight", inputs.outlier_weight_B_T, outlier_B_T)
+    return stats
