@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
-
 from teacher.backends.base import GenerateOutput, GenerateTask, ScoreOutput, ScoreTask
 from teacher.batching import BatchPlanner, WorkItem, padded_tokens
 from teacher.errors import DeadlineExceeded, Internal, ResourceExhausted, Unavailable
@@ -30,7 +29,10 @@ class FakeClock:
     async def wait(self, event: asyncio.Event, timeout: float | None) -> None:
         end = None if timeout is None else self.t + timeout
         while not event.is_set() and (end is None or self.t < end):
-            waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._tick.wait())]
+            waiters = [
+                asyncio.ensure_future(event.wait()),
+                asyncio.ensure_future(self._tick.wait()),
+            ]
             _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             for task in pending:
                 task.cancel()
