@@ -1,1 +1,43 @@
-"""Teacher backends, chosen by name from an explicit registry (see `load_backend`)."""
+"""Teacher backends, chosen by name from an explicit registry (see `load_backend`).
+
+Each entry imports its backend module only when called, so heavy dependencies (torch,
+transformers, a TGI client) load only in a server that uses that backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from teacher.backends.base import Backend
+
+
+def _load_hf(**options: Any) -> Backend:
+    from teacher.backends.hf import HFBackend, HFOptions
+
+    return HFBackend(HFOptions(**options))
+
+
+BACKENDS: dict[str, Callable[..., Backend]] = {"hf": _load_hf}
+
+
+def load_backend(name: str, **options: Any) -> Backend:
+    """Build the backend registered under `name`.
+
+    Args:
+        name: a registry name, e.g. "hf".
+        **options: that backend's options (for "hf": `teacher.backends.hf.HFOptions` fields,
+            e.g. model_path, device, dtype, chunk_size, max_sequence_length).
+    Returns:
+        The loaded backend.
+    Raises:
+        ValueError: unknown name, or options the backend rejects (pydantic's ValidationError
+            is a ValueError and names the field).
+    """
+    try:
+        loader = BACKENDS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown backend {name!r}; known: {', '.join(sorted(BACKENDS))}"
+        ) from None
+    return loader(**options)
