@@ -141,16 +141,25 @@ def _config(arch: str, sizes: dict[str, int]) -> Any:
     special = {"bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID}
     if arch == "gpt2":
         return GPT2Config(
-            vocab_size=sizes["vocab_size"], n_embd=hidden, n_layer=layers, n_head=heads,
-            n_positions=sizes["max_position_embeddings"], **special,
-        )  # fmt: skip
+            vocab_size=sizes["vocab_size"],
+            n_embd=hidden,
+            n_layer=layers,
+            n_head=heads,
+            n_positions=sizes["max_position_embeddings"],
+            **special,
+        )
     kv_heads = heads // 2 if heads % 2 == 0 else heads
     common = dict(
-        vocab_size=sizes["vocab_size"], hidden_size=hidden, intermediate_size=_mlp_width(hidden),
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-        max_position_embeddings=sizes["max_position_embeddings"], tie_word_embeddings=False,
+        vocab_size=sizes["vocab_size"],
+        hidden_size=hidden,
+        intermediate_size=_mlp_width(hidden),
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=sizes["max_position_embeddings"],
+        tie_word_embeddings=False,
         **special,
-    )  # fmt: skip
+    )
     if arch == "llama":
         return LlamaConfig(**common)
     if arch == "qwen2":

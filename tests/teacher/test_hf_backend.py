@@ -45,8 +45,16 @@ def _ids(rng: np.random.Generator, n: int) -> np.ndarray:
 def _full_task(ids: np.ndarray, start: int, end: int, k: int, n_cand: int, seed: int) -> ScoreTask:
     rng = np.random.default_rng(seed)
     candidates = rng.integers(0, TOKENIZER_VOCAB, size=(end - start, n_cand)).astype(np.int32)
-    return ScoreTask(ids, start, end, top_k=k, candidates=candidates, want_logsumexp=True,
-                     want_entropy=True, want_rank=True)  # fmt: skip
+    return ScoreTask(
+        ids,
+        start,
+        end,
+        top_k=k,
+        candidates=candidates,
+        want_logsumexp=True,
+        want_entropy=True,
+        want_rank=True,
+    )
 
 
 @torch.inference_mode()
@@ -123,11 +131,15 @@ def _random_task(rng: np.random.Generator) -> ScoreTask:
         else None
     )
     return ScoreTask(
-        _ids(rng, length), start, end, top_k=int(rng.integers(0, 12)),
+        _ids(rng, length),
+        start,
+        end,
+        top_k=int(rng.integers(0, 12)),
         candidates=candidates if rng.random() < 0.7 else None,
-        want_logsumexp=bool(rng.random() < 0.5), want_entropy=bool(rng.random() < 0.5),
+        want_logsumexp=bool(rng.random() < 0.5),
+        want_entropy=bool(rng.random() < 0.5),
         want_rank=bool(rng.random() < 0.5),
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize("backend_name", ["llama", "qwen"])
@@ -224,9 +236,13 @@ def test_sampling_reproducible_and_independent_of_batch(
     assert alone.ids.tolist() == again.ids.tolist()
     others = [
         GenerateTask(_ids(rng, n), max_new_tokens=m, temperature=t, top_p=p, seed=s)
-        for n, m, t, p, s in [(1, 3, 1.0, 1.0, 1), (15, 20, 0.7, 0.5, 2), (3, 5, 0.0, 1.0, None),
-                              (9, 1, 2.0, 1.0, 1234)]
-    ]  # fmt: skip
+        for n, m, t, p, s in [
+            (1, 3, 1.0, 1.0, 1),
+            (15, 20, 0.7, 0.5, 2),
+            (3, 5, 0.0, 1.0, None),
+            (9, 1, 2.0, 1.0, 1234),
+        ]
+    ]
     mixed = backend.generate([others[0], others[1], task, others[2], others[3]])[2]
     assert mixed.ids.tolist() == alone.ids.tolist()
     # Left padding changes the attention reduction shapes: ~1e-5 drift over a KV-cached run.
@@ -252,10 +268,12 @@ def test_stop_ids_end_generation(llama: HFBackend) -> None:
     assert out.ids.tolist() == greedy[: first + 1]  # the stop id is included
     assert out.finish_reason == "stop"
     # A batch-mate that stops early does not cut the others short.
-    outs = llama.generate([
-        GenerateTask(prompt, 10, temperature=0.0, stop_ids=(stop,)),
-        GenerateTask(prompt, 10, temperature=0.0),
-    ])  # fmt: skip
+    outs = llama.generate(
+        [
+            GenerateTask(prompt, 10, temperature=0.0, stop_ids=(stop,)),
+            GenerateTask(prompt, 10, temperature=0.0),
+        ]
+    )
     assert outs[0].finish_reason == "stop" and outs[1].finish_reason == "length"
     assert outs[1].ids.tolist() == greedy
 
@@ -299,9 +317,15 @@ def test_registry(tiny_llama_dir: Path) -> None:
 
 def test_head_transforms_checked_against_model() -> None:
     config = Gemma2Config(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=16, final_logit_softcapping=0.5,
-    )  # fmt: skip
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        final_logit_softcapping=0.5,
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()
     head = OutputHead.of(model)

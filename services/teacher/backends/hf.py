@@ -139,11 +139,12 @@ class HFBackend:
         self.score([ScoreTask(ids, 1, n, top_k=2, want_entropy=True, want_rank=True)])
         self.generate([GenerateTask(ids[:2], max_new_tokens=2, seed=0)])
 
-    def _body(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-              cache: Any = None) -> tuple[torch.Tensor, Any]:  # fmt: skip
+    def _body(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any = None
+    ) -> tuple[torch.Tensor, Any]:
         """Decoder body forward: last hidden states [B, T, D] and the KV cache (or None)."""
         out = self.body(
-            input_ids=input_ids,
+            input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
             use_cache=cache is not None,
@@ -260,16 +261,12 @@ class _Sampler:
 
     def step(self, logits_B_V: torch.Tensor) -> torch.Tensor:
         """Choose one token per row from float32 logits; record it for unfinished tasks."""
-        # Only rows that sample consume a uniform: a task's random stream then depends on its
-        # own steps alone, never on how long its batch-mates run.
-        u = [float(torch.rand((), generator=g)) if f is None and t.temperature > 0 else 0.0
-             for g, f, t in zip(self.generators, self.finish, self.tasks, strict=True)]  # fmt: skip
-        u_B = torch.tensor(u, dtype=torch.float32, device=self.device)
+        u_B = torch.tensor(self._uniforms(), dtype=torch.float32, device=self.device)
         sampled_B = _sample_top_p(logits_B_V / self.temperature_B[:, None], self.top_p_B, u_B)
         tokens_B = torch.where(self.greedy_B, logits_B_V.argmax(dim=-1), sampled_B)
         logprobs_B = torch.log_softmax(logits_B_V, dim=-1).gather(1, tokens_B[:, None])[:, 0]
-        for b, (token, logprob) in enumerate(zip(tokens_B.tolist(), logprobs_B.tolist(),
-                                                 strict=True)):  # fmt: skip
+        pairs = zip(tokens_B.tolist(), logprobs_B.tolist(), strict=True)
+        for b, (token, logprob) in enumerate(pairs):
             if self.finish[b] is not None:
                 continue
             self.ids[b].append(token)
@@ -279,6 +276,14 @@ class _Sampler:
             elif len(self.ids[b]) >= self.tasks[b].max_new_tokens:
                 self.finish[b] = "length"
         return tokens_B
+
+    def _uniforms(self) -> list[float]:
+        # Only rows that sample consume a uniform: a task's random stream then depends on its
+        # own steps alone, never on how long its batch-mates run.
+        return [
+            float(torch.rand((), generator=g)) if done is None and t.temperature > 0 else 0.0
+            for g, done, t in zip(self.generators, self.finish, self.tasks, strict=True)
+        ]
 
     def outputs(self) -> list[GenerateOutput]:
         return [
