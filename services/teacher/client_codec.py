@@ -112,6 +112,13 @@ def _per_item(value: int | Sequence[int] | None, n: int, name: str, default: int
     return values
 
 
+def _ids_tensor(ids: Any) -> pb.Tensor:
+    array = np.asarray(ids)
+    if array.size == 0:
+        array = array.astype(np.int32)  # [] parses as float64; an empty id list is still ids
+    return wire.to_tensor(array, np.int32)
+
+
 def _logprob_dtype(name: str) -> int:
     if name not in _DTYPES:
         raise ValueError(f"logprob_dtype {name!r}: use one of {sorted(_DTYPES)}")
@@ -138,7 +145,7 @@ def build_score_request(
         raise ValueError(f"candidates: {len(candidates)} entries for {n} sequences")
     items = []
     for i, ids in enumerate(sequences):
-        item = pb.ScoreItem(ids=wire.to_tensor(ids, np.int32), start=starts_n[i], end=ends_n[i])
+        item = pb.ScoreItem(ids=_ids_tensor(ids), start=starts_n[i], end=ends_n[i])
         if candidates is not None and candidates[i] is not None:
             item.candidates.CopyFrom(wire.to_tensor(candidates[i], np.int32))
         items.append(item)
@@ -163,7 +170,7 @@ def build_generate_request(
 ) -> pb.GenerateRequest:
     """The GenerateRequest for `TeacherClient.generate` (same arguments)."""
     return pb.GenerateRequest(
-        prompts=[wire.to_tensor(p, np.int32) for p in prompts],
+        prompts=[_ids_tensor(p) for p in prompts],
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_p=top_p,

@@ -89,6 +89,9 @@ class TeacherMetrics:
         self.queue_sequences = Gauge(
             "teacher_queue_sequences", "Sequences waiting for a batch", registry=r
         )
+        self.in_flight = Gauge(
+            "teacher_requests_in_flight", "RPCs being handled (queued or computing)", registry=r
+        )
         self.ready = Gauge(
             "teacher_ready", "1 when the model is loaded, warmed and not draining", registry=r
         )

@@ -74,18 +74,26 @@ class TeacherServer:
         return self._backend
 
     async def start(self) -> None:
-        """Bind both ports (health NOT_SERVING), load and warm the model, then SERVING.
+        """`bind`, then `load`: returns once the server is SERVING.
 
         Raises:
             RuntimeError: a port cannot be bound.
             Exception: whatever the backend raises while loading or warming up.
         """
+        await self.bind()
+        await self.load()
+
+    async def bind(self) -> None:
+        """Bind and start both ports; health says NOT_SERVING and calls get UNAVAILABLE."""
         await self._start_grpc()
         server, self._http_task, self.http_port = await start_http(
             self.state, self.config.host, self.config.http_port
         )
         self._http = server
         log.info("listening: grpc %d, http %d", self.grpc_port, self.http_port)
+
+    async def load(self) -> None:
+        """Load (unless given) and warm the backend in its worker thread, then SERVING."""
         loop = asyncio.get_running_loop()
         if self._backend is None:
             self._backend = await loop.run_in_executor(self._executor, _load_backend, self.config)
@@ -244,22 +252,25 @@ async def serve_until_signal(config: ServerConfig, stop: asyncio.Event) -> bool:
         True when all accepted work finished within the grace period.
     """
     server = TeacherServer(config)
-    starting = asyncio.ensure_future(server.start())
+    await server.bind()
+    host = _connect_host(config.host)
+    print(
+        f"teacher listening: grpc {host}:{server.grpc_port}, http {server.http_port} "
+        f"(loading {config.model})",
+        flush=True,
+    )
+    loading = asyncio.ensure_future(server.load())
     stopping = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    if starting.done():
+    await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if loading.done():
         try:
-            starting.result()
+            loading.result()
         except BaseException:
             stopping.cancel()
             await server.stop(0.0)
             raise
-        print(
-            f"teacher ready: grpc {_connect_host(config.host)}:{server.grpc_port}, "
-            f"http {server.http_port}",
-            flush=True,
-        )
+        print(f"teacher ready: serving {server.state.model_id}", flush=True)
         await stopping
     else:
-        starting.cancel()
+        loading.cancel()
     return await server.stop()

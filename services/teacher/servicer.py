@@ -42,6 +42,7 @@ def _rpc(method: str) -> Callable[[Handler], Handler]:
         async def handler(self: TeacherServicer, request: Any, context: Any) -> Any:
             started = time.perf_counter()
             self.active_calls += 1
+            self._state.metrics.in_flight.inc()
             try:
                 response = await fn(self, request, context)
             except asyncio.CancelledError:
@@ -58,6 +59,7 @@ def _rpc(method: str) -> Callable[[Handler], Handler]:
                 return response
             finally:
                 self.active_calls -= 1
+                self._state.metrics.in_flight.dec()
 
         return handler
 
