@@ -123,31 +123,42 @@ def save_checkpoint(
         torch.save(_capture_rng(generators or {}), tmp / "rng.pt")
         (tmp / "train_state.json").write_text(train_state)
         (tmp / "train_config.yaml").write_text(config_yaml)
-        meta = {
-            "step": step,
-            "wall_time_s": state.elapsed_s,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "tropd_version": _tropd_version(),
-            "files": {p: (tmp / p).stat().st_size for p in _relative_files(tmp)},
-            "weights_sha256": {p: _sha256(tmp / p) for p in _weight_files(tmp)},
-        }
-        if not meta["weights_sha256"]:
-            raise CheckpointError(f"{type(model).__name__}.save_pretrained wrote no *.safetensors")
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-        for rel in _relative_files(tmp):
-            _fsync_path(tmp / rel)
-        _fsync_path(tmp)
-        if final.exists():
-            logger.warning("replacing existing checkpoint %s", final)
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync_path(root)
+        _write_meta(tmp, step, state.elapsed_s, type(model).__name__)
+        _publish(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     logger.info("saved checkpoint %s", final)
     _prune(root, step, keep_last)
     return final
+
+
+def _write_meta(folder: Path, step: int, elapsed_s: float, model_name: str) -> None:
+    """meta.json goes last: its presence, sizes and weights hash vouch for the rest."""
+    weights = {p: _sha256(folder / p) for p in _weight_files(folder)}
+    if not weights:
+        raise CheckpointError(f"{model_name}.save_pretrained wrote no *.safetensors")
+    meta = {
+        "step": step,
+        "wall_time_s": elapsed_s,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "tropd_version": _tropd_version(),
+        "files": {p: (folder / p).stat().st_size for p in _relative_files(folder)},
+        "weights_sha256": weights,
+    }
+    (folder / META_FILE).write_text(json.dumps(meta, indent=1))
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Make `tmp` durable, then rename it to `final` (atomic within one filesystem)."""
+    for rel in _relative_files(tmp):
+        _fsync_path(tmp / rel)
+    _fsync_path(tmp)
+    if final.exists():
+        logger.warning("replacing existing checkpoint %s", final)
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_path(final.parent)
 
 
 def find_latest_checkpoint(run_dir: Path | str, verify_hash: bool = True) -> Path | None:
@@ -233,16 +244,17 @@ def load_checkpoint(
     verify_checkpoint(path)
     _load_weights(path, model)
     if optimizer is not None:
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    _restore_rng(torch.load(path / "rng.pt", weights_only=True), generators or {})
+        # Loaded on CPU: load_state_dict moves each state tensor to its parameter's device.
+        saved_optimizer = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        try:
+            optimizer.load_state_dict(saved_optimizer)
+        except ValueError as e:  # parameter groups of other sizes
+            raise CheckpointError(f"optimizer state does not fit: {e}") from e
+    _restore_rng(torch.load(path / "rng.pt", map_location="cpu", weights_only=True),
+                 generators or {})
     saved = json.loads((path / "train_state.json").read_text())
     logger.info("resumed from %s (step %d)", path, saved["step"])
     return TrainState(saved["step"], saved["data_state"], saved["elapsed_s"])
-
-
-def read_config(path: Path | str) -> dict[str, Any]:
-    """The resolved trainer config stored in a checkpoint folder."""
-    return yaml.safe_load((Path(path) / "train_config.yaml").read_text())
 
 
 def _load_weights(path: Path, model: torch.nn.Module) -> None:
