@@ -37,6 +37,8 @@ class OutputHead:
     def of(cls, model: Any) -> OutputHead:
         """The head of a `transformers` causal LM (`get_output_embeddings()` and its config)."""
         linear = model.get_output_embeddings()
+        if linear is None:
+            raise ValueError(f"{type(model).__name__} has no output layer (not a causal LM head)")
         config = model.get_text_config() if hasattr(model, "get_text_config") else model.config
         return cls(
             linear=linear,
