@@ -49,7 +49,13 @@ class Batch:
     inputs: LossInputs
 
 
-def make_batch(seed: int, rows: int = 4, positions: int = 9, dtype=torch.float32, weights=False):
+def make_batch(
+    seed: int,
+    rows: int = 4,
+    positions: int = 9,
+    dtype: torch.dtype = torch.float32,
+    weights: bool = False,
+) -> Batch:
     """A ragged batch from real distributions: tokens sampled from the student, a sharper teacher.
 
     Row b: a guidance prefix of 0-2 tokens, then 0..rest response tokens, then padding.
@@ -69,14 +75,10 @@ def make_batch(seed: int, rows: int = 4, positions: int = 9, dtype=torch.float32
     response = torch.zeros(rows, positions, dtype=torch.bool)
     for b in range(rows):
         start = int(torch.randint(0, 3, (1,), generator=gen))
-        length = (
-            positions - start
-            if b == 0
-            else int(torch.randint(0, positions - start + 1, (1,), generator=gen))
-        )
+        length = int(torch.randint(0, positions - start + 1, (1,), generator=gen))
         prefix[b, :start] = True
-        response[b, start : start + length] = True
-    entropy = lambda lp: -(lp.exp() * lp).sum(-1)  # noqa: E731
+        response[b, start : positions if b == 0 else start + length] = True  # row 0 full
+    weight_B_T = torch.rand(rows, positions, generator=gen).to(dtype)
     inputs = LossInputs(
         student_logprobs_B_T=student_V.gather(-1, ids_B_T[..., None])[..., 0].to(dtype),
         behavior_logprobs_B_T=student_V.detach().gather(-1, ids_B_T[..., None])[..., 0].to(dtype),
@@ -84,16 +86,18 @@ def make_batch(seed: int, rows: int = 4, positions: int = 9, dtype=torch.float32
         teacher_topk_ids_B_T_K=topk_ids,
         teacher_topk_logprobs_B_T_K=topk_lp.to(dtype),
         student_topk_logprobs_B_T_K=student_V.gather(-1, topk_ids).to(dtype),
-        teacher_entropy_B_T=entropy(teacher_V).to(dtype),
-        student_entropy_B_T=entropy(student_V.detach()).to(dtype),
+        teacher_entropy_B_T=_entropy(teacher_V).to(dtype),
+        student_entropy_B_T=_entropy(student_V.detach()).to(dtype),
         trust_uniform_B_T=torch.rand(rows, positions, generator=gen),
         response_mask_B_T=response,
         prefix_mask_B_T=prefix,
-        outlier_weight_B_T=torch.rand(rows, positions, generator=gen).to(dtype)
-        if weights
-        else None,
+        outlier_weight_B_T=weight_B_T if weights else None,
     )
     return Batch(logits, inputs)
+
+
+def _entropy(logprobs_B_T_V: Tensor) -> Tensor:
+    return -(logprobs_B_T_V.exp() * logprobs_B_T_V).sum(-1)
 
 
 # ----------------------------------------------------------------------------- the reference

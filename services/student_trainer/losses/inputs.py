@@ -62,11 +62,6 @@ class LossInputs:
         _check_shapes(self)
 
     @property
-    def shape_B_T(self) -> tuple[int, int]:
-        """(B, T) of this micro-batch."""
-        return (self.student_logprobs_B_T.shape[0], self.student_logprobs_B_T.shape[1])
-
-    @property
     def prefix_B_T(self) -> Tensor:
         """The guidance-prefix mask, all False when none was given."""
         if self.prefix_mask_B_T is None:

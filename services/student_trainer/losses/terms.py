@@ -60,7 +60,9 @@ def pg_token_loss(advantage_B_T: Tensor, inputs: LossInputs, mask_B_T: Tensor) -
     return torch.where(mask_B_T, -advantage_B_T.detach().float() * student_B_T, 0.0)
 
 
-def topk_distributions(inputs: LossInputs, mask_B_T: Tensor, loss: str) -> tuple[Tensor, ...]:
+def topk_distributions(
+    inputs: LossInputs, mask_B_T: Tensor, loss: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Teacher top-k distribution renormalised over its candidates, and the student's log-probs.
 
     A candidate is valid at a masked position unless the teacher gives it -inf (zero mass, e.g. a

@@ -24,6 +24,8 @@ from .terms import (
     trust_probability,
 )
 
+_TOPK_MODES = ("topk_fkl", "topk_fkl_reward")
+
 
 def trust_region_mask(inputs: LossInputs) -> Tensor:
     """`M_t`: response tokens that pass the trust test `u_t < min(1, pi_T(x_t) / pi_S_old(x_t))`.
@@ -64,23 +66,29 @@ def tropd_loss(
     reward_B_T = reward(inputs, response_B_T, "tropd")
     trust_B_T = trust_region_mask(inputs)
     outlier_B_T = response_B_T & ~trust_B_T
-    weight_B_T = _outlier_weight(inputs, outlier_B_T)
+    fkl_B_T = None  # outlier FKL: the top-k modes' term, and a metric whenever top-k is given
+    if cfg.outlier in _TOPK_MODES or inputs.teacher_topk_logprobs_B_T_K is not None:
+        fkl_B_T = topk_forward_kl(inputs, outlier_B_T, "tropd")
+    outlier_loss_B_T = _outlier_token_loss(inputs, cfg, reward_B_T, outlier_B_T, fkl_B_T)
     terms = {
         "pg": pg_token_loss(reward_B_T, inputs, trust_B_T),
-        "outlier": _weighted(weight_B_T, _outlier_token_loss(inputs, cfg, reward_B_T, outlier_B_T)),
+        "outlier": _weighted(_outlier_weight(inputs, outlier_B_T), outlier_loss_B_T),
     }
-    stats = _tropd_stats(inputs, reward_B_T, trust_B_T, outlier_B_T)
+    stats = _tropd_stats(inputs, reward_B_T, trust_B_T, outlier_B_T, fkl_B_T)
     return finish(terms, stats, inputs, cfg, normalizer)
 
 
 def _outlier_token_loss(
-    inputs: LossInputs, cfg: LossConfig, reward_B_T: Tensor, outlier_B_T: Tensor
+    inputs: LossInputs,
+    cfg: LossConfig,
+    reward_B_T: Tensor,
+    outlier_B_T: Tensor,
+    fkl_B_T: Tensor | None,
 ) -> Tensor:
-    if cfg.outlier == "topk_fkl":
-        return topk_forward_kl(inputs, outlier_B_T, "tropd")
-    if cfg.outlier == "topk_fkl_reward":
-        fkl_B_T = topk_forward_kl(inputs, outlier_B_T, "tropd").detach()
-        return pg_token_loss(-fkl_B_T, inputs, outlier_B_T)
+    if cfg.outlier == "topk_fkl" and fkl_B_T is not None:
+        return fkl_B_T
+    if cfg.outlier == "topk_fkl_reward" and fkl_B_T is not None:
+        return pg_token_loss(-fkl_B_T.detach(), inputs, outlier_B_T)
     if cfg.outlier == "clip":
         return pg_token_loss(reward_B_T.clamp(min=cfg.tau), inputs, outlier_B_T)
     return torch.zeros_like(reward_B_T)
@@ -104,18 +112,19 @@ def _outlier_weight(inputs: LossInputs, outlier_B_T: Tensor) -> Tensor:
 
 
 def _tropd_stats(
-    inputs: LossInputs, reward_B_T: Tensor, trust_B_T: Tensor, outlier_B_T: Tensor
+    inputs: LossInputs,
+    reward_B_T: Tensor,
+    trust_B_T: Tensor,
+    outlier_B_T: Tensor,
+    fkl_B_T: Tensor | None,
 ) -> dict[str, Tensor]:
     """Trust fraction, reverse KL on trusted tokens, and what the outliers look like."""
     stats = mean_stat("trust_frac", trust_B_T.float(), inputs.response_mask_B_T)
     stats |= mean_stat("reverse_kl_trust", -reward_B_T, trust_B_T)
-    if inputs.teacher_topk_logprobs_B_T_K is not None:
-        with torch.no_grad():
-            fkl_B_T = topk_forward_kl(inputs, outlier_B_T, "tropd")
+    if fkl_B_T is not None:
         stats |= mean_stat("outlier_fkl", fkl_B_T, outlier_B_T)
-        stats |= mean_stat(
-            "outlier_teacher_top1_prob", teacher_top1_prob(inputs, outlier_B_T), outlier_B_T
-        )
+        top1_B_T = teacher_top1_prob(inputs, outlier_B_T)
+        stats |= mean_stat("outlier_teacher_top1_prob", top1_B_T, outlier_B_T)
     if inputs.teacher_entropy_B_T is not None:
         stats |= mean_stat("outlier_teacher_entropy", inputs.teacher_entropy_B_T, outlier_B_T)
     if inputs.outlier_weight_B_T is not None:
