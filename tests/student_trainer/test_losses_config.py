@@ -158,6 +158,6 @@ def test_missing_field_and_bad_normalizer_are_named() -> None:
         compute_loss(inputs, LossConfig(method="opd"), 2.0)
     with pytest.raises(LossInputError, match="loss 'entropy_top20' needs student_entropy_B_T"):
         compute_loss(inputs, LossConfig(method="entropy_top20"), 2.0)
-    for normalizer in (-1.0, math.nan, math.inf):
+    for normalizer in (-1.0, math.nan, math.inf, 1.0):  # 1 < the batch's 2 trained tokens
         with pytest.raises(LossInputError, match="normalizer"):
             compute_loss(inputs, LossConfig(method="sft"), normalizer)

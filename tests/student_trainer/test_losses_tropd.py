@@ -111,7 +111,7 @@ def test_trust_acceptance_frequency_matches_min_one_ratio() -> None:
     for ratio, freq in zip(ratios, trusted.tolist(), strict=True):
         p = min(1.0, ratio)
         assert abs(freq - p) <= 5 * math.sqrt(p * (1 - p) / n) + 1e-12, (ratio, freq)
-    _, metrics = tropd_loss(inputs, LossConfig(outlier="mask"), normalizer=1.0)
+    _, metrics = tropd_loss(inputs, LossConfig(outlier="mask"), normalizer=n * len(ratios))
     assert metrics["trust_frac_sum"] / metrics["trust_frac_count"] == pytest.approx(
         trusted.mean().item()
     )

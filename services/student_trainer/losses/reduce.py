@@ -59,6 +59,11 @@ def finish(
     values = torch.stack([value.detach().float() for value in metric_tensors.values()]).tolist()
     metrics = dict(zip(metric_tensors, values, strict=True))
     metrics["trained_tokens"] = metrics["response_tokens"] + metrics["prefix_tokens"]
+    if metrics["trained_tokens"] > normalizer:
+        raise LossInputError(
+            f"normalizer {normalizer} is below this micro-batch's {metrics['trained_tokens']:.0f} "
+            "trained tokens; pass the step total of trained_token_count over all micro-batches"
+        )
     return loss, metrics
 
 
