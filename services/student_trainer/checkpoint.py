@@ -250,8 +250,9 @@ def load_checkpoint(
             optimizer.load_state_dict(saved_optimizer)
         except ValueError as e:  # parameter groups of other sizes
             raise CheckpointError(f"optimizer state does not fit: {e}") from e
-    _restore_rng(torch.load(path / "rng.pt", map_location="cpu", weights_only=True),
-                 generators or {})
+    _restore_rng(
+        torch.load(path / "rng.pt", map_location="cpu", weights_only=True), generators or {}
+    )
     saved = json.loads((path / "train_state.json").read_text())
     logger.info("resumed from %s (step %d)", path, saved["step"])
     return TrainState(saved["step"], saved["data_state"], saved["elapsed_s"])
@@ -265,8 +266,11 @@ def _load_weights(path: Path, model: torch.nn.Module) -> None:
     expected = set(model.state_dict(keep_vars=True))
     loaded_ptrs = {params[k].data_ptr() for k in tensors if k in params}
     # Tied weights (lm_head = embeddings) are saved once; they count as loaded via their twin.
-    missing = {k for k in expected - tensors.keys() if k not in params
-               or params[k].data_ptr() not in loaded_ptrs}
+    missing = {
+        k
+        for k in expected - tensors.keys()
+        if k not in params or params[k].data_ptr() not in loaded_ptrs
+    }
     if not missing and tensors.keys() <= expected:
         _copy_into(model, tensors, strict=False)
         return
@@ -275,9 +279,11 @@ def _load_weights(path: Path, model: torch.nn.Module) -> None:
     logger.info("checkpoint keys differ from %s's; loading via from_pretrained", type(model))
     load = getattr(type(model), "from_pretrained", None)
     if load is None:
-        raise CheckpointError(f"weights do not fit {type(model).__name__}: missing "
-                              f"{sorted(missing)[:5]}, unexpected "
-                              f"{sorted(tensors.keys() - expected)[:5]}")
+        raise CheckpointError(
+            f"weights do not fit {type(model).__name__}: missing "
+            f"{sorted(missing)[:5]}, unexpected "
+            f"{sorted(tensors.keys() - expected)[:5]}"
+        )
     dtype = next(model.parameters()).dtype
     _copy_into(model, load(path, dtype=dtype).state_dict(), strict=True)
 
@@ -293,8 +299,10 @@ def _capture_rng(generators: Mapping[str, torch.Generator]) -> dict[str, Any]:
     np_state = np.random.get_state(legacy=False)
     rng: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": {**np_state, "state": {**np_state["state"],
-                                        "key": torch.from_numpy(np_state["state"]["key"])}},
+        "numpy": {
+            **np_state,
+            "state": {**np_state["state"], "key": torch.from_numpy(np_state["state"]["key"])},
+        },
         "torch": torch.get_rng_state(),
         "generators": {name: g.get_state() for name, g in generators.items()},
     }
@@ -307,14 +315,18 @@ def _capture_rng(generators: Mapping[str, torch.Generator]) -> dict[str, Any]:
 def _restore_rng(rng: dict[str, Any], generators: Mapping[str, torch.Generator]) -> None:
     random.setstate(rng["python"])
     np_state = rng["numpy"]
-    np.random.set_state({**np_state, "state": {**np_state["state"],
-                                               "key": np_state["state"]["key"].numpy()}})
+    np.random.set_state(
+        {**np_state, "state": {**np_state["state"], "key": np_state["state"]["key"].numpy()}}
+    )
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         saved = rng["cuda"]
         if len(saved) != torch.cuda.device_count():
-            logger.warning("checkpoint has CUDA RNG states for %d devices, this process sees %d",
-                           len(saved), torch.cuda.device_count())
+            logger.warning(
+                "checkpoint has CUDA RNG states for %d devices, this process sees %d",
+                len(saved),
+                torch.cuda.device_count(),
+            )
         for device, state in enumerate(saved[: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(state, device)
     saved_gens: dict[str, torch.Tensor] = rng["generators"]
@@ -322,8 +334,11 @@ def _restore_rng(rng: dict[str, Any], generators: Mapping[str, torch.Generator])
         if name in saved_gens:
             generator.set_state(saved_gens[name])
         else:
-            logger.warning("checkpoint has no state for generator %r (saved: %s); left as is",
-                           name, sorted(saved_gens))
+            logger.warning(
+                "checkpoint has no state for generator %r (saved: %s); left as is",
+                name,
+                sorted(saved_gens),
+            )
     for name in saved_gens.keys() - generators.keys():
         logger.warning("checkpoint state for generator %r not restored: not passed in", name)
 
@@ -332,8 +347,9 @@ def _prune(root: Path, step: int, keep_last: int | None) -> None:
     steps = sorted(_step_dirs(root))
     for s, path in steps:
         if s > step:
-            logger.warning("removing %s: newer than the checkpoint just saved (abandoned run)",
-                           path)
+            logger.warning(
+                "removing %s: newer than the checkpoint just saved (abandoned run)", path
+            )
             shutil.rmtree(path)
     kept = [(s, p) for s, p in steps if s <= step]
     if keep_last is not None:

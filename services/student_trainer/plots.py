@@ -71,8 +71,10 @@ def plot_run(
         written.append(_save(fig, out_dir / f"{_slug(key)}.png"))
     if loss_prefix is not None:
         # The total first, then the terms it sums, alphabetically.
-        keys = sorted({k for row in rows for k in row if k.startswith(loss_prefix)},
-                      key=lambda k: (k != f"{loss_prefix}total", k))
+        keys = sorted(
+            {k for row in rows for k in row if k.startswith(loss_prefix)},
+            key=lambda k: (k != f"{loss_prefix}total", k),
+        )
         if keys:
             written.append(_plot_losses(rows, keys, out_dir / "loss.png"))
     return written
@@ -95,8 +97,9 @@ def plot_comparison(
         ValueError: no runs or no metrics.
     """
     if not runs or not metrics:
-        raise ValueError(f"plot_comparison needs runs and metrics, got {list(runs)} and "
-                         f"{list(metrics)}")
+        raise ValueError(
+            f"plot_comparison needs runs and metrics, got {list(runs)} and {list(metrics)}"
+        )
     logs = {label: read_metrics(_metrics_path(Path(path))) for label, path in runs.items()}
     fig = _figure(len(metrics))
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
@@ -125,20 +128,22 @@ def _plot_losses(rows: list[dict[str, Any]], keys: list[str], path: Path) -> Pat
         steps, values = _series(rows, key)
         _draw(ax, steps, values, key)
         _decorate(ax, key, values)
-    for ax in axes[len(keys):]:
+    for ax in axes[len(keys) :]:
         ax.set_axis_off()
     return _save(fig, path)
 
 
 def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
     """Steps and values of `key` over the rows that carry a number for it (NaN kept)."""
-    pairs = [(row["step"], float(row[key])) for row in rows
-             if isinstance(row.get(key), numbers.Real) and not isinstance(row.get(key), bool)]
+    pairs = [
+        (row["step"], float(row[key]))
+        for row in rows
+        if isinstance(row.get(key), numbers.Real) and not isinstance(row.get(key), bool)
+    ]
     return [s for s, _ in pairs], [v for _, v in pairs]
 
 
-def _draw(ax: Axes, steps: list[int], values: list[float], label: str,
-          color: str = "C0") -> None:
+def _draw(ax: Axes, steps: list[int], values: list[float], label: str, color: str = "C0") -> None:
     if len(steps) < _SMOOTH_FROM:
         ax.plot(steps, values, marker="o", markersize=3, color=color, label=label)
         return

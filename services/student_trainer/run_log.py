@@ -39,8 +39,9 @@ class RunLogger:
             None or 0 starts a fresh log (an existing one is replaced, with a warning).
     """
 
-    def __init__(self, run_dir: Path | str, tensorboard: bool = True,
-                 resume_step: int | None = None) -> None:
+    def __init__(
+        self, run_dir: Path | str, tensorboard: bool = True, resume_step: int | None = None
+    ) -> None:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / METRICS_FILE
@@ -52,9 +53,11 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter  # heavy import: only when used
 
             # purge_step: TensorBoard hides older events at steps >= this one (0: all of them).
-            self._writer = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR),
-                                         purge_step=resume_step + 1 if resume_step else 0,
-                                         flush_secs=10)
+            self._writer = SummaryWriter(
+                log_dir=str(run_dir / TENSORBOARD_DIR),
+                purge_step=resume_step + 1 if resume_step else 0,
+                flush_secs=10,
+            )
 
     def log(self, step: int, metrics: Mapping[str, Any], wall_time: float | None = None) -> None:
         """Write one line for `step` (and the numeric values to TensorBoard).
@@ -105,8 +108,12 @@ class RunLogger:
         rows = read_metrics(self.path)
         kept = [r for r in rows if r["step"] <= resume_step]
         if len(kept) < len(rows):
-            logger.warning("%s: dropping %d lines after step %d (they are redone from there)",
-                           self.path, len(rows) - len(kept), resume_step)
+            logger.warning(
+                "%s: dropping %d lines after step %d (they are redone from there)",
+                self.path,
+                len(rows) - len(kept),
+                resume_step,
+            )
         # Rewrite even when nothing was dropped: it removes a line cut short by a crash, which
         # the next append would otherwise run into.
         tmp = self.path.with_name(self.path.name + ".tmp")

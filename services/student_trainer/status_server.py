@@ -44,9 +44,10 @@ SKIPPED_KEY = "train/skipped"
 GAUGE_METRICS: dict[str, tuple[str, str]] = {
     "train/trust_fraction": ("trainer_trust_fraction", "Fraction of sampled tokens trusted"),
     "train/grad_norm": ("trainer_grad_norm", "Gradient norm before clipping"),
-    "perf/tokens_per_second": ("trainer_tokens_per_second", "Trained tokens per second"),
-    "teacher/latency_seconds": ("trainer_teacher_latency_seconds", "Teacher call latency"),
-    "teacher/queue_seconds": ("trainer_teacher_queue_seconds", "Time queued at the teacher"),
+    "perf/tokens_per_s": ("trainer_tokens_per_second", "Trained response tokens per second"),
+    "perf/step_s": ("trainer_step_duration_seconds", "Wall time of the step"),
+    "perf/teacher_s": ("trainer_teacher_latency_seconds", "Wall time of the step's teacher calls"),
+    "perf/teacher_queue_s": ("trainer_teacher_queue_seconds", "Time queued at the teacher"),
 }
 
 
@@ -89,8 +90,13 @@ class TrainerStatus:
         clock: seconds, monotonic; injectable for tests.
     """
 
-    def __init__(self, run_name: str, run_dir: str, total_steps: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        run_name: str,
+        run_dir: str,
+        total_steps: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._lock = threading.Lock()
         self._clock = clock
         self._run_name, self._run_dir, self._total_steps = run_name, str(run_dir), total_steps
@@ -151,9 +157,14 @@ class TrainerStatus:
                 seconds_per_step = (self._last_time - first_time) / (self._step - first_step)
                 eta = max(self._total_steps - self._step, 0) * seconds_per_step
             return StatusSnapshot(
-                run_name=self._run_name, run_dir=self._run_dir, state=self._state,
-                detail=self._detail, step=self._step, total_steps=self._total_steps,
-                eta_seconds=eta, metrics=dict(self._metrics),
+                run_name=self._run_name,
+                run_dir=self._run_dir,
+                state=self._state,
+                detail=self._detail,
+                step=self._step,
+                total_steps=self._total_steps,
+                eta_seconds=eta,
+                metrics=dict(self._metrics),
                 eval_step=self._eval[0] if self._eval else None,
                 eval_accuracy=self._eval[1] if self._eval else None,
                 checkpoint_step=self._checkpoint[0] if self._checkpoint else None,
@@ -170,13 +181,20 @@ class _StatusCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         snap = self._status.snapshot()
-        yield InfoMetricFamily("trainer_run", "The run this trainer executes",
-                               value={"run_name": snap.run_name, "run_dir": snap.run_dir})
-        yield StateSetMetricFamily("trainer_state", "Current phase of the trainer",
-                                   value={s.value: s == snap.state for s in RunState})
+        yield InfoMetricFamily(
+            "trainer_run",
+            "The run this trainer executes",
+            value={"run_name": snap.run_name, "run_dir": snap.run_dir},
+        )
+        yield StateSetMetricFamily(
+            "trainer_state",
+            "Current phase of the trainer",
+            value={s.value: s == snap.state for s in RunState},
+        )
         yield GaugeMetricFamily("trainer_step", "Optimizer steps completed", value=snap.step)
-        yield GaugeMetricFamily("trainer_total_steps", "Planned optimizer steps",
-                                value=snap.total_steps)
+        yield GaugeMetricFamily(
+            "trainer_total_steps", "Planned optimizer steps", value=snap.total_steps
+        )
         loss = GaugeMetricFamily("trainer_loss", "Loss per term at the last step", labels=["term"])
         for key, value in sorted(snap.metrics.items()):
             if key.startswith(LOSS_PREFIX):
@@ -185,13 +203,16 @@ class _StatusCollector(Collector):
         for key, (name, help_text) in GAUGE_METRICS.items():
             if key in snap.metrics:
                 yield GaugeMetricFamily(name, help_text + " (last step)", value=snap.metrics[key])
-        yield CounterMetricFamily("trainer_skipped_steps", "Steps skipped for non-finite values",
-                                  value=snap.skipped_steps)
+        yield CounterMetricFamily(
+            "trainer_skipped_steps", "Steps skipped for non-finite values", value=snap.skipped_steps
+        )
         optional = {
             "trainer_eval_accuracy": ("Task accuracy at the last evaluation", snap.eval_accuracy),
             "trainer_eval_step": ("Step of the last evaluation", snap.eval_step),
-            "trainer_checkpoint_age_seconds": ("Time since the last checkpoint",
-                                               snap.checkpoint_age_seconds),
+            "trainer_checkpoint_age_seconds": (
+                "Time since the last checkpoint",
+                snap.checkpoint_age_seconds,
+            ),
             "trainer_eta_seconds": ("Estimated time to the last step", snap.eta_seconds),
         }
         for name, (help_text, value) in optional.items():
@@ -211,11 +232,16 @@ def status_json(snap: StatusSnapshot) -> dict[str, Any]:
     body["metrics"] = {k: _finite_or_none(v) for k, v in snap.metrics.items()}
     for key in ("eval_step", "eval_accuracy", "checkpoint_step", "checkpoint_age_seconds"):
         del body[key]
-    body["last_eval"] = (None if snap.eval_step is None else
-                         {"step": snap.eval_step, "accuracy": _finite_or_none(snap.eval_accuracy)})
-    body["last_checkpoint"] = (None if snap.checkpoint_step is None else
-                               {"step": snap.checkpoint_step,
-                                "age_seconds": snap.checkpoint_age_seconds})
+    body["last_eval"] = (
+        None
+        if snap.eval_step is None
+        else {"step": snap.eval_step, "accuracy": _finite_or_none(snap.eval_accuracy)}
+    )
+    body["last_checkpoint"] = (
+        None
+        if snap.checkpoint_step is None
+        else {"step": snap.checkpoint_step, "age_seconds": snap.checkpoint_age_seconds}
+    )
     return {k: _finite_or_none(v) for k, v in body.items()}
 
 
@@ -291,18 +317,25 @@ class StatusServer:
         self._sock = socket.create_server((self._host, self._requested_port), family=family)
         self._port = int(self._sock.getsockname()[1])
         # log_config=None: leave the process's logging set-up alone; uvicorn logs propagate.
-        config = uvicorn.Config(self.app, log_config=None, log_level="warning",
-                                access_log=False, lifespan="off")
+        config = uvicorn.Config(
+            self.app, log_config=None, log_level="warning", access_log=False, lifespan="off"
+        )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
-                                        name="trainer-status-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [self._sock]},
+            name="trainer-status-http",
+            daemon=True,
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout_s
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"status server on {self._host}:{self._requested_port} "
-                                   f"did not start within {timeout_s} s")
+                raise RuntimeError(
+                    f"status server on {self._host}:{self._requested_port} "
+                    f"did not start within {timeout_s} s"
+                )
             time.sleep(0.01)
         logger.info("trainer status on %s (/livez /metrics /v1/status)", self.url)
 

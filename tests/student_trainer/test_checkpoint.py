@@ -47,8 +47,16 @@ def _tokenizer() -> PreTrainedTokenizerFast:
 
 def _model(init_seed: int) -> GPT2LMHeadModel:
     torch.manual_seed(init_seed)
-    config = GPT2Config(vocab_size=VOCAB, n_positions=16, n_embd=16, n_layer=2, n_head=2,
-                        resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
+    config = GPT2Config(
+        vocab_size=VOCAB,
+        n_positions=16,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        resid_pdrop=0.1,
+        embd_pdrop=0.1,
+        attn_pdrop=0.1,
+    )
     return GPT2LMHeadModel(config).train()
 
 
@@ -62,8 +70,13 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _train(model: torch.nn.Module, opt: torch.optim.Optimizer, sampler: torch.Generator,
-           data_state: dict, steps: int) -> list[float]:
+def _train(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sampler: torch.Generator,
+    data_state: dict,
+    steps: int,
+) -> list[float]:
     """A toy loop drawing on every RNG a real loop uses: a sampler generator (rows), python
     `random` (crop offset), numpy (token noise) and torch's global RNG (dropout)."""
     losses = []
@@ -83,14 +96,19 @@ def _train(model: torch.nn.Module, opt: torch.optim.Optimizer, sampler: torch.Ge
 
 def _save(run_dir: Path, step: int, model: torch.nn.Module, keep_last: int | None = None) -> Path:
     state = TrainState(step=step, data_state={"seen": step}, elapsed_s=1.5 * step)
-    return save_checkpoint(run_dir, step, model, _tokenizer(), _optimizer(model), state, CONFIG,
-                           keep_last=keep_last)
+    return save_checkpoint(
+        run_dir, step, model, _tokenizer(), _optimizer(model), state, CONFIG, keep_last=keep_last
+    )
 
 
 def _draws(sampler: torch.Generator) -> tuple[float, ...]:
     """One draw from every RNG a checkpoint restores."""
-    return (random.random(), float(np.random.rand()), torch.rand(1).item(),
-            torch.rand(1, generator=sampler).item())
+    return (
+        random.random(),
+        float(np.random.rand()),
+        torch.rand(1).item(),
+        torch.rand(1, generator=sampler).item(),
+    )
 
 
 def test_round_trip(tmp_path: Path) -> None:
@@ -99,8 +117,9 @@ def test_round_trip(tmp_path: Path) -> None:
     data_state = {"seen": 0}
     _train(model, opt, sampler, data_state, 1)
     state = TrainState(step=1, data_state=data_state, elapsed_s=3.25)
-    path = save_checkpoint(tmp_path, 1, model, _tokenizer(), opt, state, CONFIG,
-                           generators={"sampler": sampler})
+    path = save_checkpoint(
+        tmp_path, 1, model, _tokenizer(), opt, state, CONFIG, generators={"sampler": sampler}
+    )
     expected_draws = _draws(sampler)
 
     assert path == tmp_path / "checkpoints" / "step-000001"
@@ -124,8 +143,9 @@ def test_round_trip(tmp_path: Path) -> None:
     for name, tensor in model.state_dict().items():
         assert torch.equal(fresh.state_dict()[name], tensor), name
     assert fresh.lm_head.weight is fresh.transformer.wte.weight  # still tied after loading
-    assert torch.equal(fresh_opt.state_dict()["state"][0]["exp_avg"],
-                       opt.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(
+        fresh_opt.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"]
+    )
     assert _draws(fresh_sampler) == expected_draws
 
 
@@ -141,8 +161,16 @@ def test_resume_equals_straight_run(tmp_path: Path) -> None:
     opt_a, data_a = _optimizer(model_a), {"seen": 0}
     _seed_all(0)
     first_losses = _train(model_a, opt_a, sampler_a, data_a, 2)
-    path = save_checkpoint(tmp_path, 2, model_a, _tokenizer(), opt_a, TrainState(2, data_a),
-                           CONFIG, generators={"sampler": sampler_a})
+    path = save_checkpoint(
+        tmp_path,
+        2,
+        model_a,
+        _tokenizer(),
+        opt_a,
+        TrainState(2, data_a),
+        CONFIG,
+        generators={"sampler": sampler_a},
+    )
     del model_a, opt_a, sampler_a
 
     _seed_all(999)  # a new process would start from other RNG states
@@ -190,8 +218,9 @@ def _delete_optimizer(path: Path) -> str:
 @pytest.mark.parametrize(
     "corrupt", [_truncate_weights, _flip_weight_byte, _delete_meta, _garble_meta, _delete_optimizer]
 )
-def test_corrupt_latest_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                   corrupt) -> None:
+def test_corrupt_latest_is_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, corrupt
+) -> None:
     model = _model(0)
     for step in (1, 2, 3):
         _save(tmp_path, step, model)
@@ -217,8 +246,10 @@ def test_leftover_temp_dir_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureF
     with caplog.at_level(logging.WARNING, logger="student_trainer.checkpoint"):
         latest = find_latest_checkpoint(tmp_path)
     assert latest == tmp_path / "checkpoints" / "step-000001"
-    assert any(".tmp-step-000002-4242" in r.getMessage() and "unfinished" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        ".tmp-step-000002-4242" in r.getMessage() and "unfinished" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def test_no_checkpoint(tmp_path: Path) -> None:
@@ -259,8 +290,9 @@ def test_bad_arguments_write_nothing(tmp_path: Path) -> None:
 
 def test_weights_that_do_not_fit_raise(tmp_path: Path) -> None:
     path = _save(tmp_path, 1, _model(0))
-    wider = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=16, n_embd=32, n_layer=2,
-                                       n_head=2))
+    wider = GPT2LMHeadModel(
+        GPT2Config(vocab_size=VOCAB, n_positions=16, n_embd=32, n_layer=2, n_head=2)
+    )
     with pytest.raises(CheckpointError, match="weights do not fit"):
         load_checkpoint(path, wider)
     model = _model(0)
@@ -272,7 +304,9 @@ def test_weights_that_do_not_fit_raise(tmp_path: Path) -> None:
 def test_config_and_state_files_are_readable(tmp_path: Path) -> None:
     path = _save(tmp_path, 3, _model(0))
     assert json.loads((path / "train_state.json").read_text()) == {
-        "step": 3, "elapsed_s": 4.5, "data_state": {"seen": 3}
+        "step": 3,
+        "elapsed_s": 4.5,
+        "data_state": {"seen": 3},
     }
     assert yaml.safe_load((path / "train_config.yaml").read_text()) == CONFIG
 
@@ -283,8 +317,16 @@ def test_cuda_rng_round_trip(tmp_path: Path) -> None:
     model = _model(0).cuda()
     cuda_sampler = torch.Generator(device="cuda").manual_seed(3)
     torch.rand(1, device="cuda")  # initialise CUDA so its RNG state is part of the checkpoint
-    path = save_checkpoint(tmp_path, 1, model, _tokenizer(), _optimizer(model), TrainState(1),
-                           CONFIG, generators={"cuda_sampler": cuda_sampler})
+    path = save_checkpoint(
+        tmp_path,
+        1,
+        model,
+        _tokenizer(),
+        _optimizer(model),
+        TrainState(1),
+        CONFIG,
+        generators={"cuda_sampler": cuda_sampler},
+    )
     expected = (torch.rand(4, device="cuda"), torch.rand(4, device="cuda", generator=cuda_sampler))
     torch.cuda.manual_seed_all(999)
     fresh_sampler = torch.Generator(device="cuda").manual_seed(0)

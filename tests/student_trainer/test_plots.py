@@ -14,8 +14,9 @@ from student_trainer.run_log import METRICS_FILE, RunLogger
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _write_run(run_dir: Path, steps: int = 120, seed: int = 0, entropy: bool = True,
-               spike: bool = False) -> Path:
+def _write_run(
+    run_dir: Path, steps: int = 120, seed: int = 0, entropy: bool = True, spike: bool = False
+) -> Path:
     rng = np.random.default_rng(seed)
     with RunLogger(run_dir, tensorboard=False) as log:
         for step in range(steps + 1):
@@ -49,8 +50,11 @@ def test_plot_run_writes_every_curve(tmp_path: Path) -> None:
     run = _write_run(tmp_path / "run", spike=True)
     paths = plot_run(run)
     assert [p.name for p in paths] == [
-        "eval_accuracy.png", "train_trust_fraction.png", "train_grad_norm.png",
-        "train_student_entropy.png", "loss.png",
+        "eval_accuracy.png",
+        "train_trust_fraction.png",
+        "train_grad_norm.png",
+        "train_student_entropy.png",
+        "loss.png",
     ]
     for path in paths:
         assert path.parent == run / "plots"
@@ -83,9 +87,11 @@ def test_empty_log_writes_nothing(tmp_path: Path) -> None:
 def test_plot_comparison(tmp_path: Path) -> None:
     opd = _write_run(tmp_path / "opd", seed=0, spike=True)
     tropd = _write_run(tmp_path / "tropd", seed=1, entropy=False)
-    out = plot_comparison({"OPD": opd, "TrOPD": tropd / METRICS_FILE}, tmp_path / "cmp" / "a.png",
-                          metrics=("eval/accuracy", "train/grad_norm", "train/student_entropy",
-                                   "not/logged"))
+    out = plot_comparison(
+        {"OPD": opd, "TrOPD": tropd / METRICS_FILE},
+        tmp_path / "cmp" / "a.png",
+        metrics=("eval/accuracy", "train/grad_norm", "train/student_entropy", "not/logged"),
+    )
     assert out == tmp_path / "cmp" / "a.png"
     _assert_png(out)
 

@@ -15,8 +15,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.summary.writer import event_file_writer
 
 
-def _log_steps(run_dir: Path, steps: range, resume_step: int | None = None,
-               offset: float = 0.0, tensorboard: bool = False) -> None:
+def _log_steps(
+    run_dir: Path,
+    steps: range,
+    resume_step: int | None = None,
+    offset: float = 0.0,
+    tensorboard: bool = False,
+) -> None:
     with RunLogger(run_dir, tensorboard=tensorboard, resume_step=resume_step) as log:
         for step in steps:
             log.log(step, {"loss/total": step + offset}, wall_time=1000.0 + step)
@@ -24,15 +29,34 @@ def _log_steps(run_dir: Path, steps: range, resume_step: int | None = None,
 
 def test_lines_are_written_and_flushed(tmp_path: Path) -> None:
     log = RunLogger(tmp_path, tensorboard=False)
-    log.log(1, {"loss/total": 0.5, "train/trust_fraction": np.float32(0.75),
-                "train/tokens": np.int64(12), "train/grad_norm": torch.tensor(2.0),
-                "train/skipped": False, "outlier": "topk_fkl", "eval/accuracy": None},
-            wall_time=1234.5)
+    log.log(
+        1,
+        {
+            "loss/total": 0.5,
+            "train/trust_fraction": np.float32(0.75),
+            "train/tokens": np.int64(12),
+            "train/grad_norm": torch.tensor(2.0),
+            "train/skipped": False,
+            "outlier": "topk_fkl",
+            "eval/accuracy": None,
+        },
+        wall_time=1234.5,
+    )
     # Readable before close: each line is flushed as written.
     rows = read_metrics(tmp_path / METRICS_FILE)
-    assert rows == [{"step": 1, "wall_time": 1234.5, "loss/total": 0.5,
-                     "train/trust_fraction": 0.75, "train/tokens": 12, "train/grad_norm": 2.0,
-                     "train/skipped": False, "outlier": "topk_fkl", "eval/accuracy": None}]
+    assert rows == [
+        {
+            "step": 1,
+            "wall_time": 1234.5,
+            "loss/total": 0.5,
+            "train/trust_fraction": 0.75,
+            "train/tokens": 12,
+            "train/grad_norm": 2.0,
+            "train/skipped": False,
+            "outlier": "topk_fkl",
+            "eval/accuracy": None,
+        }
+    ]
     log.log(2, {"loss/total": float("nan")})
     log.close()
     log.close()
@@ -101,8 +125,16 @@ def test_tensorboard_events_follow_resume(tmp_path: Path, monkeypatch: pytest.Mo
     assert _scalars(tmp_path, "loss/total") == {s: float(s) for s in range(7)}
     _log_steps(tmp_path, range(5, 8), resume_step=4, offset=100.0, tensorboard=True)
     # Steps 5 and 6 of the first attempt are purged in favour of the resumed values.
-    assert _scalars(tmp_path, "loss/total") == {0: 0, 1: 1, 2: 2, 3: 3, 4: 4,
-                                                5: 105, 6: 106, 7: 107}
+    assert _scalars(tmp_path, "loss/total") == {
+        0: 0,
+        1: 1,
+        2: 2,
+        3: 3,
+        4: 4,
+        5: 105,
+        6: 106,
+        7: 107,
+    }
 
 
 def test_string_metrics_stay_out_of_tensorboard(tmp_path: Path) -> None:

@@ -83,9 +83,10 @@ def test_prometheus_metrics(served: tuple[TrainerStatus, httpx.Client], clock: F
         "loss/outlier_fkl": 0.25,
         "train/trust_fraction": 0.9,
         "train/grad_norm": 1.25,
-        "perf/tokens_per_second": 1234.0,
-        "teacher/latency_seconds": 0.05,
-        "teacher/queue_seconds": 0.01,
+        "perf/tokens_per_s": 1234.0,
+        "perf/step_s": 2.5,
+        "perf/teacher_s": 0.05,
+        "perf/teacher_queue_s": 0.01,
         "train/skipped": 0,
     }
     status.update_step(1, metrics)
@@ -107,6 +108,7 @@ def test_prometheus_metrics(served: tuple[TrainerStatus, httpx.Client], clock: F
     assert samples[("trainer_trust_fraction", ())] == 0.9
     assert samples[("trainer_grad_norm", ())] == 1.25
     assert samples[("trainer_tokens_per_second", ())] == 1234.0
+    assert samples[("trainer_step_duration_seconds", ())] == 2.5
     assert samples[("trainer_teacher_latency_seconds", ())] == 0.05
     assert samples[("trainer_teacher_queue_seconds", ())] == 0.01
     assert samples[("trainer_skipped_steps_total", ())] == 2
