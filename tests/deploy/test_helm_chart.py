@@ -1,0 +1,346 @@
+"""The Helm chart, checked offline through Helm's own Go SDK (helm-python-sdk, libhelm_c bundled).
+
+Every shipped values file (defaults, ci/*-values.yaml, examples/*.yaml) must lint clean and
+render; every rendered object must pass kubernetes-validate in strict mode (unknown fields are
+errors) for the oldest Kubernetes the chart supports and the newest the validator knows; the
+schema must reject unknown keys and wrong types; and the settings the chart hands to the two
+services must be accepted by the services' own config loaders.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from deploy_support import (
+    CHART,
+    ROOT,
+    VALUES_FILES,
+    Rendered,
+    find,
+    render_file,
+    render_values,
+    values_id,
+)
+
+OLDEST_KUBE = "1.29.0"  # Chart.yaml kubeVersion
+KUBE_VERSIONS = (OLDEST_KUBE, kubernetes_validate.utils.latest_version())
+# Custom resources have no schema in kubernetes-validate; they get a structural check below.
+CRD_KINDS = {"ServiceMonitor"}
+# Settings the chart derives itself (from teacher.model and teacher.ports), not teacher.config.
+CHART_SET_TEACHER_FIELDS = {"model", "host", "port", "http_port"}
+# PLACEHOLDER of the job-token work (issue 5): set by the chart, not yet a server setting.
+PENDING_TEACHER_ENV = {"TEACHER_TOKENS_FILE"}
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES, ids=values_id)
+def test_chart_lints_clean(values_file: Path | None) -> None:
+    values = helm.values_from_yaml(values_file.read_text()) if values_file else None
+    report = helm.lint(CHART, values, strict=True, kube_version=f"v{OLDEST_KUBE}")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]  # 2 warning, 3 error
+    assert not report["errors"] and not problems, report
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES, ids=values_id)
+def test_rendered_objects_pass_strict_kubernetes_schemas(values_file: Path | None) -> None:
+    rendered = render_file(values_file)
+    assert rendered, "nothing rendered"
+    for item in rendered:
+        if item.kind in CRD_KINDS:
+            continue
+        for version in KUBE_VERSIONS:
+            try:
+                kubernetes_validate.validate(item.obj, version, strict=True)
+            except (kubernetes_validate.ValidationError, jsonschema.ValidationError) as error:
+                pytest.fail(f"{item.template} {item.kind}/{item.name} on {version}: {error}")
+
+
+def test_service_monitor_shape() -> None:
+    """No CRD schema offline: check the fields the Prometheus Operator needs, by hand."""
+    objs = render_file(CHART / "ci" / "gpu-values.yaml")
+    (monitor,) = find(objs, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    (http_service,) = [s for s in find(objs, "Service") if s["spec"].get("clusterIP") != "None"]
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= http_service["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in http_service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+
+
+# --- values.schema.json --------------------------------------------------------------------------
+
+
+def test_schema_is_valid_draft7_and_accepts_every_shipped_values_file() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    with helm.Chart.load(CHART) as chart:
+        for values_file in VALUES_FILES:
+            values = helm.values_from_yaml(values_file.read_text()) if values_file else None
+            chart.validate_schema(chart.merge_values(values))
+
+
+BAD_VALUES = [
+    pytest.param({"replicas": 2}, "additional properties 'replicas'", id="unknown-top-level-key"),
+    pytest.param(
+        {"teacher": {"config": {"max_batch_token": 1}}},
+        "max_batch_token",
+        id="unknown-teacher-setting",
+    ),
+    pytest.param(
+        {"teacher": {"gpu": {"count": 1, "type": "h100"}}}, "'type'", id="unknown-nested-key"
+    ),
+    pytest.param({"students": [{"name": "a", "lr": 1e-4}]}, "'lr'", id="unknown-student-key"),
+    pytest.param(
+        {"teacher": {"replicaCount": "2"}}, "/teacher/replicaCount", id="string-for-integer"
+    ),
+    pytest.param({"teacher": {"gpu": {"count": -1}}}, "/teacher/gpu/count", id="negative-gpus"),
+    pytest.param(
+        {"teacher": {"config": {"dtype": "fp8"}}}, "/teacher/config/dtype", id="dtype-not-in-enum"
+    ),
+    pytest.param(
+        {"teacher": {"ports": {"grpc": 70000}}}, "/teacher/ports/grpc", id="port-out-of-range"
+    ),
+    pytest.param(
+        {"teacher": {"resources": {"limits": {"memory": "lots"}}}},
+        "/teacher/resources/limits/memory",
+        id="bad-quantity",
+    ),
+    pytest.param({"students": [{"name": "Job_A"}]}, "/students/0/name", id="name-not-dns-label"),
+    pytest.param({"students": [{"name": "a" * 25}]}, "/students/0/name", id="name-too-long"),
+    pytest.param({"students": [{"model": "x"}]}, "name", id="student-without-name"),
+    pytest.param(
+        {"students": [{"name": "a", "overrides": ["no-equals-sign"]}]},
+        "/students/0/overrides/0",
+        id="override-not-key-value",
+    ),
+    pytest.param({"students": {"name": "a"}}, "/students", id="students-not-a-list"),
+    pytest.param({"auth": {"enabled": "yes"}}, "/auth/enabled", id="string-for-boolean"),
+    pytest.param(
+        {"auth": {"jobs": [{"name": "a", "token": "short"}]}},
+        "/auth/jobs/0/token",
+        id="token-too-short",
+    ),
+    pytest.param(
+        {"trainer": {"teacherTarget": "no-port"}},
+        "/trainer/teacherTarget",
+        id="target-without-port",
+    ),
+]
+
+
+@pytest.mark.parametrize(("values", "expected"), BAD_VALUES)
+def test_schema_rejects_bad_values(values: dict[str, Any], expected: str) -> None:
+    with pytest.raises(helm.HelmValuesError) as caught:
+        render_values(values)
+    assert expected in str(caught.value)
+
+
+BAD_COMBINATIONS = [
+    pytest.param({"teacher": {"gpu": {"count": 1}}}, "teacher.config.device", id="gpu-on-cpu"),
+    pytest.param(
+        {"teacher": {"config": {"device": "cuda"}}}, "teacher.gpu.count is 0", id="cuda-without-gpu"
+    ),
+    pytest.param(
+        {"teacher": {"terminationGracePeriodSeconds": 30}},
+        "drain_grace_s",
+        id="grace-shorter-than-drain",
+    ),
+    pytest.param(
+        {"students": [{"name": "a"}, {"name": "a"}]}, "appears twice", id="duplicate-student"
+    ),
+    pytest.param({"auth": {"enabled": True}}, "auth.existingSecret", id="auth-without-tokens"),
+    pytest.param(
+        {"teacher": {"enabled": False}}, "trainer.teacherTarget", id="no-teacher-no-target"
+    ),
+    pytest.param(
+        {
+            "teacher": {
+                "replicaCount": 2,
+                "modelCache": {"persistentVolumeClaim": {"enabled": True}},
+            }
+        },
+        "ReadWriteOnce",
+        id="rwo-cache-shared-by-replicas",
+    ),
+]
+
+
+@pytest.mark.parametrize(("values", "expected"), BAD_COMBINATIONS)
+def test_chart_refuses_inconsistent_values(values: dict[str, Any], expected: str) -> None:
+    with pytest.raises(helm.HelmRenderError) as caught:
+        render_values(values)
+    assert expected in str(caught.value)
+
+
+# --- what the chart hands to the services -------------------------------------------------
+
+
+def _schema_teacher_settings() -> set[str]:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    return set(schema["properties"]["teacher"]["properties"]["config"]["properties"])
+
+
+def test_teacher_config_keys_are_exactly_the_server_settings() -> None:
+    from teacher.config import ServerConfig
+
+    assert _schema_teacher_settings() == set(ServerConfig.model_fields) - CHART_SET_TEACHER_FIELDS
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES, ids=values_id)
+def test_teacher_environment_loads_in_the_server_config(values_file: Path | None) -> None:
+    from teacher.config import load_config
+
+    objs = render_file(values_file)
+    maps = [c for c in find(objs, "ConfigMap") if c["metadata"]["name"].endswith("-teacher")]
+    if not maps:
+        pytest.skip("no teacher in this release")
+    env = {k: v for k, v in maps[0]["data"].items() if k not in PENDING_TEACHER_ENV}
+    config = load_config(environ=env)
+    (deployment,) = find(objs, "Deployment")
+    ports = {
+        p["name"]: p["containerPort"]
+        for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+    }
+    assert (config.port, config.http_port) == (ports["grpc"], ports["http"])
+
+
+def _recipe_and_overrides(
+    job: dict[str, Any], objs: tuple[Rendered, ...]
+) -> tuple[str, list[str], str | None]:
+    """(recipe path or file name, overrides, inline recipe text from the ConfigMap or None)."""
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:2] == ["run", "--config"], args
+    recipe, overrides = args[2], args[3:]
+    if recipe.startswith("/etc/tropd/recipe/"):
+        (recipes,) = [
+            c for c in find(objs, "ConfigMap") if c["metadata"]["name"].endswith("-recipes")
+        ]
+        return Path(recipe).name, overrides, recipes["data"][Path(recipe).name]
+    return recipe, overrides, None
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES, ids=values_id)
+def test_student_jobs_load_in_the_trainer_config(values_file: Path | None, tmp_path: Path) -> None:
+    """Recipe + overrides of every Job pass the trainer's own loader (unknown keys fail)."""
+    config_module = pytest.importorskip("student_trainer.config")
+    objs = render_file(values_file)
+    jobs = find(objs, "Job")
+    assert jobs or not yaml.safe_load((values_file or CHART / "values.yaml").read_text()).get(
+        "students"
+    )
+    for job in jobs:
+        recipe, overrides, inline = _recipe_and_overrides(job, objs)
+        path = ROOT / recipe
+        if inline is not None:
+            path = tmp_path / recipe
+            path.write_text(inline)
+        cfg = config_module.load_config(path, overrides)
+        student = job["metadata"]["labels"]["tropd.dev/student"]
+        assert cfg.name == student
+        assert cfg.train.run_dir == f"/runs/{student}"
+        assert cfg.teacher.target.endswith(":50051")
+
+
+def test_gpu_requests_follow_gpu_count_and_tokens_come_from_the_secret() -> None:
+    objs = render_file(CHART / "examples" / "8b-teacher-3-students.yaml")
+    (deployment,) = find(objs, "Deployment")
+    teacher = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert teacher["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert teacher["resources"]["requests"]["nvidia.com/gpu"] == 1
+    jobs = find(objs, "Job")
+    assert len(jobs) == 3
+    for job in jobs:
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+        (token,) = [e for e in container["env"] if e["name"] == "TEACHER_TOKEN"]
+        ref = token["valueFrom"]["secretKeyRef"]
+        assert ref == {
+            "name": "tropd-job-tokens",
+            "key": job["metadata"]["labels"]["tropd.dev/student"],
+        }
+
+
+def test_teacher_pod_spec_covers_the_operational_requirements() -> None:
+    objs = render_file(CHART / "ci" / "gpu-values.yaml")
+    (deployment,) = find(objs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["startupProbe"]["grpc"] == {"port": 50051, "service": ""}
+    assert container["readinessProbe"]["grpc"] == {"port": 50051, "service": ""}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert pod["terminationGracePeriodSeconds"] > 60  # drain_grace_s of gpu-values
+    assert pod["runtimeClassName"] == "nvidia"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+    assert volumes["model-cache"]["persistentVolumeClaim"]["claimName"].endswith("-model-cache")
+    assert "checksum/config" in deployment["spec"]["template"]["metadata"]["annotations"]
+    services = {s["metadata"]["name"]: s["spec"] for s in find(objs, "Service")}
+    assert services["tropd-teacher-grpc"]["clusterIP"] == "None"
+    assert services["tropd-teacher"]["type"] == "ClusterIP"
+
+
+def test_config_checksum_changes_with_the_config() -> None:
+    def checksum(values: dict[str, Any]) -> str:
+        from deploy_support import objects
+
+        (deployment,) = find(objects(render_values(values)), "Deployment")
+        return deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+    assert checksum({}) != checksum({"teacher": {"config": {"max_batch_tokens": 4096}}})
+
+
+def test_helm_test_pod_checks_teacher_health() -> None:
+    rendered = render_file(None)
+    (pod,) = find(rendered, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    commands = [c["command"] for c in pod["spec"]["containers"]]
+    assert [
+        "tropd-teacher",
+        "health",
+        "--target",
+        "tropd-teacher-grpc:50051",
+        "--timeout",
+        "10",
+    ] in commands
+
+
+def test_values_yaml_documents_every_setting() -> None:
+    """Each key is documented by a `# --` comment block above it or above one of its sections.
+
+    The students list is exempt: its entries are examples, documented as a whole above it.
+    """
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    sections: list[tuple[int, bool]] = []  # (indent, documented) of the enclosing keys
+    undocumented = []
+    for number, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("#", "-")) or ":" not in stripped:
+            continue
+        indent = len(line) - len(stripped)
+        while sections and sections[-1][0] >= indent:
+            sections.pop()
+        if indent == 0 and stripped.startswith("students:"):
+            break  # last top-level key
+        block = []
+        above = number - 1
+        while above >= 0 and lines[above].strip().startswith("#"):
+            block.append(lines[above].strip())
+            above -= 1
+        documented = any(b.startswith("# --") for b in block) or any(d for _, d in sections)
+        key, _, value = stripped.partition(":")
+        if value.strip():
+            if not documented:
+                undocumented.append(f"line {number + 1}: {key}")
+        else:
+            sections.append((indent, documented))
+    assert not undocumented, undocumented
