@@ -98,7 +98,7 @@ def test_tgi_and_observability_profiles(compose: dict[str, Any]) -> None:
     host_config = prometheus["volumes"][0].split(":")[0]
     scrape = yaml.safe_load((ROOT / host_config).read_text())
     listening = {
-        name: {container_port(p) for p in spec.get("ports", [])}
+        name: {container_port(p) for p in [*spec.get("ports", []), *spec.get("expose", [])]}
         for name, spec in compose["services"].items()
     }
     for job in scrape["scrape_configs"]:
@@ -124,7 +124,7 @@ def test_student_commands_load_in_the_trainer_config(compose: dict[str, Any], na
     assert command[:4] == ["tropd-train", "run", "--config", command[3]]
     cfg = config_module.load_config(ROOT / command[3], command[4:])
     assert cfg.name == name
-    assert cfg.train.status_port in {container_port(p) for p in compose["services"][name]["ports"]}
+    assert cfg.train.status_port in {int(p) for p in compose["services"][name]["expose"]}
 
 
 def test_every_command_is_a_project_entry_point(compose: dict[str, Any]) -> None:

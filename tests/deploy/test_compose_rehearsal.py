@@ -201,7 +201,7 @@ def test_compose_up_rehearsal(tmp_path: Path, processes: list[Running]) -> None:
 
     stand = Stand(tmp_path)
     for name, spec in services.items():
-        for port_spec in spec.get("ports", []):
+        for port_spec in [*spec.get("ports", []), *spec.get("expose", [])]:
             stand.ports[(name, container_port(port_spec))] = _free_port()
         paths = {d: tmp_path / "layers" / name / d.strip("/") for d in IMAGE_DIRS}
         for volume in spec.get("volumes", []):
