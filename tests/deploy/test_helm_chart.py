@@ -212,6 +212,28 @@ def test_teacher_environment_loads_in_the_server_config(values_file: Path | None
     assert (config.port, config.http_port) == (ports["grpc"], ports["http"])
 
 
+def test_large_and_fractional_settings_reach_the_server_exactly() -> None:
+    from deploy_support import objects
+    from teacher.config import load_config
+
+    settings = {
+        "max_message_bytes": 536870912,
+        "max_request_tokens": 1048576,
+        "max_queue_tokens": 4194304,
+        "max_delay_ms": 2.5,
+        "model_id": None,
+    }
+    objs = objects(render_values({"teacher": {"config": settings}}))
+    (config_map,) = [
+        c for c in find(objs, "ConfigMap") if c["metadata"]["name"].endswith("-teacher")
+    ]
+    config = load_config(environ=config_map["data"])
+    assert config.max_message_bytes == 536870912
+    assert config.max_request_tokens == 1048576
+    assert config.max_delay_ms == 2.5
+    assert config.model_id is None
+
+
 def _recipe_and_overrides(
     job: dict[str, Any], objs: tuple[Rendered, ...]
 ) -> tuple[str, list[str], str | None]:
