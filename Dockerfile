@@ -22,7 +22,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HOME=/cache/huggingface \
-    MPLCONFIGDIR=/tmp/matplotlib
+    MPLCONFIGDIR=/tmp/matplotlib \
+    TROPD_WORLD_DIR=/opt/tropd/worlds/builtin
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 # A fixed uid/gid so that Kubernetes' runAsUser and fsGroup can name it (10001, as in the chart).

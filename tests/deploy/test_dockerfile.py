@@ -139,3 +139,12 @@ def test_teacher_image_environment_names_server_settings() -> None:
         if instruction.keyword == "ENV":
             for name in re.findall(r"(TEACHER_\w+)=", instruction.args):
                 assert name in known, name
+
+
+def test_images_point_the_trainer_at_the_copied_world() -> None:
+    manifest = pytest.importorskip("student_trainer.world.manifest")
+    (workdir,) = [i.args for i in INSTRUCTIONS if i.keyword == "WORKDIR"]
+    env = " ".join(i.args for i in INSTRUCTIONS if i.stage == "base" and i.keyword == "ENV")
+    assert f"{manifest.WORLD_DIR_ENV}={workdir}/worlds/builtin" in env.split()
+    copied = [shlex.split(i.args)[-1] for i in _copies()]
+    assert "worlds/builtin/" in copied
