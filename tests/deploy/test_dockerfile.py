@@ -67,6 +67,14 @@ def _copies() -> list[Instruction]:
     return [i for i in INSTRUCTIONS if i.keyword in {"COPY", "ADD"} and "--from" not in i.args]
 
 
+def _git_files(source: str) -> list[str]:
+    """Committed files under a path: what a fresh clone would send as build context."""
+    listing = subprocess.run(
+        ["git", "ls-files", "--", source], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return listing.stdout.split()
+
+
 def test_copy_sources_exist_and_are_in_the_build_context() -> None:
     assert _copies()
     for instruction in _copies():
@@ -75,10 +83,9 @@ def test_copy_sources_exist_and_are_in_the_build_context() -> None:
             path = ROOT / source
             assert path.exists(), f"COPY {source}: not in the repository"
             assert _in_build_context(source.strip("/")), f"COPY {source}: excluded by .dockerignore"
-            files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
-            shipped = [p for p in files if "__pycache__" not in p.parts]
-            for file in shipped:
-                relative = str(file.relative_to(ROOT))
+            tracked = _git_files(source)
+            assert tracked, f"COPY {source}: nothing under it is committed"
+            for relative in tracked:
                 assert _in_build_context(relative), f"{relative}: excluded by .dockerignore"
 
 
