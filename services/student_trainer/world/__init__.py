@@ -1,0 +1,27 @@
+"""The built-in world: the addition task's tokenizer, a teacher and students (DESIGN §4).
+
+    builtin_world_dir()            the committed world (worlds/builtin), or $TROPD_WORLD_DIR
+    load_manifest(world_dir)       its world.json: task, tokenizer, models, eval accuracies
+    world_task(world_dir)          the AdditionTask the world was built and measured on
+    build_world(out_dir, seed)     rebuild it from scratch (python -m student_trainer.world)
+"""
+
+from student_trainer.world.build import build_world, default_spec, main
+from student_trainer.world.manifest import (
+    WorldManifest,
+    builtin_world_dir,
+    load_manifest,
+    world_task,
+)
+from student_trainer.world.tokenizer import build_tokenizer
+
+__all__ = [
+    "WorldManifest",
+    "build_tokenizer",
+    "build_world",
+    "builtin_world_dir",
+    "default_spec",
+    "load_manifest",
+    "main",
+    "world_task",
+]

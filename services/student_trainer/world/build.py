@@ -1,0 +1,302 @@
+"""Build the built-in world from scratch: tokenizer, teacher, students, `world.json`.
+
+    python -m student_trainer.world [--out worlds/builtin] [--only teacher,student] [--digits 4]
+    tropd-train build-world ...            (the same, through the trainer CLI)
+
+Every model is a GPT-2 (`GPT2LMHeadModel`) trained by plain SFT (see `sft.py`) on a mix of the
+task's styles, then measured by greedy decoding on the eval set and saved with
+`save_pretrained` (safetensors) next to the shared tokenizer. One torch thread and fixed seeds
+make the weights bit-identical from run to run on a given machine and torch version. The step
+counts are pinned: the students' accuracy rises steeply with them (DESIGN §4), and the defaults
+below were measured to put each model where the benchmark needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import transformers
+from pydantic import BaseModel, ConfigDict, Field
+from teacher.fingerprint import fingerprint_of
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
+
+from student_trainer.tasks.addition import STYLES, AdditionConfig, AdditionTask
+from student_trainer.world.manifest import (
+    MANIFEST_NAME,
+    ModelRecord,
+    StyleRecord,
+    TaskRecord,
+    TokenizerRecord,
+    WorldManifest,
+    builtin_world_dir,
+    load_manifest,
+)
+from student_trainer.world.sft import (
+    SftSettings,
+    encode_problems,
+    greedy_completions,
+    train_sft,
+)
+from student_trainer.world.tokenizer import build_tokenizer
+
+log = logging.getLogger(__name__)
+
+BUILDER_VERSION = 1
+EVAL_SAMPLES = 3
+
+
+class ModelSpec(BaseModel):
+    """One model of the world: its size and its SFT recipe."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    description: str
+    n_layer: int = Field(ge=1)
+    n_embd: int = Field(ge=4)
+    n_head: int = Field(4, ge=1)
+    steps: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    batch_size: int = Field(64, ge=1)
+    warmup_steps: int = Field(20, ge=1)
+    final_lr_fraction: float = Field(0.1, ge=0, le=1)
+    style_mix: dict[str, float]
+
+
+class WorldSpec(BaseModel):
+    """Everything a build depends on, besides the machine."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task: AdditionConfig = AdditionConfig()
+    seed: int = 0  # model initialisation and SFT sampling, the same for every model
+    models: dict[str, ModelSpec]
+
+
+_HABIT_MIX = {"habit": 0.9, "teacher": 0.1}
+
+
+def _student(description: str, steps: int, style_mix: dict[str, float]) -> ModelSpec:
+    """Every student is 2 x 64 at lr 2e-3; only the data mix and the stopping step differ."""
+    return ModelSpec(
+        description=description, n_layer=2, n_embd=64, steps=steps, lr=2e-3, style_mix=style_mix
+    )
+
+
+def default_spec(digits: int = 4, seed: int = 0) -> WorldSpec:
+    """The committed world's recipe. Step counts were calibrated for 4 digits and seed 0.
+
+    Measured eval accuracy against SFT steps for a 2 x 64 student at lr 2e-3 (habit mix):
+    200: 9%, 225: 36%, 240: 59%, 250: 65%, 300: 78%, 310: 85%, 350: 91%, 400: 98%; teacher
+    style only: 240: 46%, 250: 52%, 260: 57%; hard mix: 250: 2%, 300: 55%. A 4 x 128 teacher
+    reaches 100% at 500 steps. Another seed or digit count needs its own calibration.
+    """
+    teacher = ModelSpec(
+        description="4 x 128 teacher, SFT in the teacher style only",
+        n_layer=4, n_embd=128, steps=500, lr=1e-3, style_mix={"teacher": 1.0},
+    )
+    return WorldSpec(
+        task=AdditionConfig(digits=digits),
+        seed=seed,
+        models={
+            "teacher": teacher,
+            "student": _student(
+                "default demo student: 2 x 64, mostly the habit style, imperfect", 240, _HABIT_MIX
+            ),
+            "student-matched": _student(
+                "matched-format control: 2 x 64, teacher style only, imperfect",
+                260, {"teacher": 1.0},
+            ),
+            "student-strong": _student(
+                "stronger start: 2 x 64, mostly the habit style, trained longer", 320, _HABIT_MIX
+            ),
+            "student-hard": _student(
+                "hard mismatch: 2 x 64, mostly the hard style (carry in first), imperfect",
+                300, {"hard": 0.9, "teacher": 0.1},
+            ),
+        },
+    )
+
+
+def _new_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, n_positions: int,
+               seed: int) -> GPT2LMHeadModel:
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=n_positions,
+        n_embd=spec.n_embd,
+        n_layer=spec.n_layer,
+        n_head=spec.n_head,
+        # No dropout: the data is unlimited and noise-free, and it would only slow the tiny
+        # models down and make greedy accuracy depend on more than the step count.
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(config)
+    model.loss_type = "ForCausalLM"  # transformers warns when a model leaves it unset
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _build_model(name: str, spec: ModelSpec, world: WorldSpec, task: AdditionTask,
+                 tokenizer: PreTrainedTokenizerBase, out_dir: Path, progress: bool) -> ModelRecord:
+    started = time.perf_counter()
+    unknown = sorted(set(spec.style_mix) - set(STYLES))
+    if unknown:
+        raise ValueError(f"model {name!r}: unknown styles {unknown}; known: {sorted(STYLES)}")
+    source = encode_problems(task, tokenizer, task.train_problems(), sorted(spec.style_mix))
+    sequence_length = source.ids_S_N_T.shape[2]
+    model = _new_model(spec, tokenizer, 64 * math.ceil(sequence_length / 64), world.seed)
+    settings = SftSettings(
+        steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, warmup_steps=spec.warmup_steps,
+        seed=world.seed, final_lr_fraction=spec.final_lr_fraction, style_mix=spec.style_mix,
+    )
+    losses = train_sft(model, source, settings, progress=progress)
+
+    eval_examples = task.eval_examples()
+    completions = greedy_completions(model, tokenizer, eval_examples, task.max_new_tokens)
+    pairs = list(zip(eval_examples, completions, strict=True))
+    accuracy = sum(task.verify(e, c) for e, c in pairs) / len(pairs)
+    style_match = {
+        style_name: sum(c == task.reference_completion(e, style) for e, c in pairs) / len(pairs)
+        for style_name, style in STYLES.items()
+    }
+
+    final_dir, staging_dir = out_dir / name, out_dir / f".{name}.tmp"
+    shutil.rmtree(staging_dir, ignore_errors=True)
+    model.save_pretrained(staging_dir)
+    tokenizer.save_pretrained(staging_dir)
+    shutil.rmtree(final_dir, ignore_errors=True)
+    staging_dir.rename(final_dir)
+
+    log.info("%s: %d params, %d steps, final loss %.4f, eval accuracy %.3f, style match %s, %.0fs",
+             name, model.num_parameters(), spec.steps, losses[-1], accuracy, style_match,
+             time.perf_counter() - started)
+    return ModelRecord(
+        path=name, description=spec.description, n_layer=spec.n_layer, n_embd=spec.n_embd,
+        n_head=spec.n_head, parameters=model.num_parameters(), style_mix=spec.style_mix,
+        sft_steps=spec.steps, lr=spec.lr, batch_size=spec.batch_size, seed=world.seed,
+        eval_accuracy=accuracy, eval_style_match=style_match,
+        eval_samples=completions[:EVAL_SAMPLES],
+        weights_sha256=_sha256(final_dir / "model.safetensors"),
+    )
+
+
+def _task_record(task: AdditionTask) -> TaskRecord:
+    example = task.eval_examples()[0]
+    return TaskRecord(
+        name="addition", config=task.config, max_new_tokens=task.max_new_tokens,
+        example_prompt=example.prompt,
+        styles={
+            name: StyleRecord(separator=style.separator, carry_in_first=style.carry_in_first,
+                              example=task.reference_completion(example, style))
+            for name, style in STYLES.items()
+        },
+    )
+
+
+def _tokenizer_record(tokenizer: PreTrainedTokenizerBase) -> TokenizerRecord:
+    fingerprint = fingerprint_of(tokenizer)
+    return TokenizerRecord(
+        sha256=fingerprint.sha256, vocab_size=fingerprint.vocab_size, bos_id=fingerprint.bos_id,
+        eos_id=fingerprint.eos_id, pad_id=fingerprint.pad_id, unk_id=tokenizer.unk_token_id,
+        vocab=dict(sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])),
+    )
+
+
+def build_world(out_dir: Path, seed: int = 0, progress: bool = True, *, digits: int = 4,
+                only: Sequence[str] | None = None, spec: WorldSpec | None = None) -> WorldManifest:
+    """Train and save the world's models into `out_dir` and write its `world.json`.
+
+    Args:
+        out_dir: the world folder; created if needed.
+        seed: initialisation and SFT sampling seed (ignored when `spec` is given).
+        progress: show progress bars.
+        digits: operand digits of the task (ignored when `spec` is given).
+        only: build just these models, keeping the others' manifest entries (the existing
+            manifest must describe the same task and builder version).
+        spec: a full recipe instead of `default_spec(digits, seed)` (tests use tiny ones).
+    Returns:
+        The manifest written to out_dir/world.json.
+    """
+    spec = spec or default_spec(digits, seed)
+    names = list(spec.models) if only is None else list(only)
+    missing = sorted(set(names) - set(spec.models))
+    if missing:
+        raise ValueError(f"unknown models {missing}; the recipe has {sorted(spec.models)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    task, tokenizer = AdditionTask(spec.task), build_tokenizer()
+    task_record, tokenizer_record = _task_record(task), _tokenizer_record(tokenizer)
+
+    records: dict[str, ModelRecord] = {}
+    if only is not None and (out_dir / MANIFEST_NAME).is_file():
+        previous = load_manifest(out_dir)
+        if (previous.task, previous.tokenizer, previous.builder_version) != (
+            task_record, tokenizer_record, BUILDER_VERSION
+        ):
+            raise ValueError(f"{out_dir} was built for another task, tokenizer or builder "
+                             "version; rebuild every model (drop --only)")
+        records = dict(previous.models)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bit-reproducible training; the models are too small to gain
+    try:
+        for name in names:
+            log.info("building %s: %s", name, spec.models[name].description)
+            records[name] = _build_model(
+                name, spec.models[name], spec, task, tokenizer, out_dir, progress
+            )
+    finally:
+        torch.set_num_threads(threads)
+
+    manifest = WorldManifest(
+        builder_version=BUILDER_VERSION, task=task_record, tokenizer=tokenizer_record,
+        models={name: records[name] for name in spec.models if name in records},
+        torch_version=torch.__version__, transformers_version=transformers.__version__,
+    )
+    staging = out_dir / f".{MANIFEST_NAME}.tmp"
+    staging.write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    staging.replace(out_dir / MANIFEST_NAME)
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="build-world",
+        description="Train the built-in world (teacher and students on N-digit addition) from "
+        "scratch and save it as save_pretrained folders plus world.json.",
+    )
+    parser.add_argument("--out", type=Path, default=builtin_world_dir(),
+                        help="world folder (default: %(default)s)")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated models to (re)build, e.g. teacher,student")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    parser.add_argument("--digits", type=int, default=4, help="operand digits (default: 4)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    only = None if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
+    started = time.perf_counter()
+    manifest = build_world(args.out, args.seed, not args.quiet, digits=args.digits, only=only)
+    print(f"world written to {args.out} in {time.perf_counter() - started:.0f}s")
+    for name, record in manifest.models.items():
+        print(f"  {name:16s} {record.parameters:>9,d} params  {record.sft_steps:4d} steps  "
+              f"eval accuracy {record.eval_accuracy:.3f}")
+    return 0
