@@ -93,10 +93,12 @@ def _student(description: str, steps: int, style_mix: dict[str, float]) -> Model
 def default_spec(digits: int = 4, seed: int = 0) -> WorldSpec:
     """The committed world's recipe. Step counts were calibrated for 4 digits and seed 0.
 
-    Measured eval accuracy against SFT steps for a 2 x 64 student at lr 2e-3 (habit mix):
-    200: 9%, 225: 36%, 240: 59%, 250: 65%, 300: 78%, 310: 85%, 350: 91%, 400: 98%; teacher
-    style only: 240: 46%, 250: 52%, 260: 57%; hard mix: 250: 2%, 300: 55%. A 4 x 128 teacher
-    reaches 100% at 500 steps. Another seed or digit count needs its own calibration.
+    Calibration runs (same recipe, styles drawn in another order) measured the greedy eval
+    accuracy of a 2 x 64 student at lr 2e-3 against SFT steps. Habit mix: 200: 9%, 225: 36%,
+    240: 59%, 250: 65%, 300: 78%, 310: 85%, 350: 91%, 400: 98%. Teacher style only: 240: 46%,
+    250: 52%, 260: 57%. Hard mix: 250: 2%, 300: 55%. A 4 x 128 teacher: 100% at 500 steps. The
+    built models' own numbers are in world.json (student 52%, matched 57%, strong 88%, hard
+    56%). Another seed or digit count moves these: calibrate before relying on it.
     """
     teacher = ModelSpec(
         description="4 x 128 teacher, SFT in the teacher style only",
