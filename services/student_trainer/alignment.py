@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 
 
-def response_index(starts_B: torch.Tensor, lengths_B: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def response_index(
+    starts_B: torch.Tensor, lengths_B: torch.Tensor, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions of the logits that predict each response token, and which entries are real.
 
     Args:

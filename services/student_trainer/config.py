@@ -24,7 +24,9 @@ class _Frozen(BaseModel):
 
 
 class StudentConfig(_Frozen):
-    path: str = Field("builtin:student", description="HF folder or hub id; builtin:NAME = world model")
+    path: str = Field(
+        "builtin:student", description="HF folder or hub id; builtin:NAME = world model"
+    )
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
@@ -94,7 +96,11 @@ class RunConfig(_Frozen):
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> RunConfig:
-        if self.guidance.source == "file" and self.guidance.fraction > 0 and not self.guidance.drafts_file:
+        if (
+            self.guidance.source == "file"
+            and self.guidance.fraction > 0
+            and not self.guidance.drafts_file
+        ):
             raise ValueError("guidance.source=file needs guidance.drafts_file")
         return self
 

@@ -1,7 +1,6 @@
 """The response alignment helper against a per-token loop."""
 
 import torch
-
 from student_trainer.alignment import gather_positions, response_index
 
 

@@ -1,0 +1,124 @@
+"""Training sequences and their collation into padded tensors for one micro-batch.
+
+A TrainSequence is one rollout: context + response, the response possibly opening with a
+teacher-written guidance prefix. Teacher scores arrive per sequence (numpy, response rows only)
+and are padded here next to the student's own tensors, so the loss sees [B, T] arrays whose
+row t is response token t everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from teacher.client import ScoredSequence
+
+
+@dataclass(frozen=True)
+class TrainSequence:
+    prompt_index: int  # index into the step's prompt list
+    context_len: int  # prompt tokens (bos included); the response starts here
+    ids: np.ndarray  # int64 [context_len + R]: prompt, then response
+    prefix_len: int  # teacher-written guidance tokens at the start of the response
+    behavior_logprobs: (
+        np.ndarray
+    )  # float32 [R]; NaN on prefix tokens (the student did not sample them)
+    correct: bool  # verifier verdict on the whole response (train-time accuracy)
+
+    @property
+    def response_len(self) -> int:
+        return int(self.ids.size - self.context_len)
+
+
+@dataclass
+class MicroBatch:
+    """Padded tensors of one micro-batch; see losses.LossInputs for the loss-side names."""
+
+    ids_B_L: torch.Tensor  # int64, right-padded with pad_id
+    attention_B_L: torch.Tensor  # int64
+    starts_B: torch.Tensor  # int64, response start per row
+    lengths_B: torch.Tensor  # int64, response length per row
+    response_ids_B_T: torch.Tensor  # int64, 0 on padding
+    response_mask_B_T: torch.Tensor  # bool, on-policy tokens (not padding, not prefix)
+    prefix_mask_B_T: torch.Tensor  # bool, guidance-prefix tokens
+    behavior_logprobs_B_T: torch.Tensor  # float32
+    teacher_logprobs_B_T: torch.Tensor  # float32
+    teacher_topk_ids_B_T_K: torch.Tensor | None  # int64
+    teacher_topk_logprobs_B_T_K: torch.Tensor | None  # float32
+    teacher_entropy_B_T: torch.Tensor | None  # float32
+
+    @property
+    def num_sequences(self) -> int:
+        return int(self.ids_B_L.shape[0])
+
+
+def _pad_rows(
+    rows: Sequence[np.ndarray], width: int, fill: float, dtype: torch.dtype
+) -> torch.Tensor:
+    tail = rows[0].shape[1:]
+    out = torch.full((len(rows), width, *tail), fill, dtype=dtype)
+    for b, row in enumerate(rows):
+        out[b, : row.shape[0]] = torch.tensor(row, dtype=dtype)  # copies (rows may be read-only)
+    return out
+
+
+def collate(
+    sequences: Sequence[TrainSequence], scores: Sequence[ScoredSequence | None], pad_id: int
+) -> MicroBatch:
+    """Pad sequences and their teacher scores into one MicroBatch.
+
+    Args:
+        sequences: the micro-batch's rollouts.
+        scores: teacher results aligned with `sequences` (response rows only), or None for a
+            method that needs no teacher scores (sft); the teacher fields are then zeros/None.
+        pad_id: the tokenizer's padding id.
+    Returns:
+        The padded tensors on CPU.
+    """
+    width_L = max(int(s.ids.size) for s in sequences)
+    width_T = max(s.response_len for s in sequences)
+    ids_B_L = _pad_rows([s.ids for s in sequences], width_L, pad_id, torch.long)
+    lengths_B = torch.tensor([s.response_len for s in sequences], dtype=torch.long)
+    prefix_B = torch.tensor([s.prefix_len for s in sequences], dtype=torch.long)
+    j_T = torch.arange(width_T)
+    valid_B_T = j_T[None, :] < lengths_B[:, None]
+    in_prefix_B_T = j_T[None, :] < prefix_B[:, None]
+    response_ids = [s.ids[s.context_len :] for s in sequences]
+    have_scores = all(sc is not None for sc in scores)
+    topk = have_scores and scores[0].topk_ids is not None  # type: ignore[union-attr]
+    entropy = have_scores and scores[0].entropy is not None  # type: ignore[union-attr]
+    zeros_B_T = torch.zeros((len(sequences), width_T), dtype=torch.float32)
+    return MicroBatch(
+        ids_B_L=ids_B_L,
+        attention_B_L=(
+            torch.arange(width_L)[None, :] < torch.tensor([s.ids.size for s in sequences])[:, None]
+        ).long(),
+        starts_B=torch.tensor([s.context_len for s in sequences], dtype=torch.long),
+        lengths_B=lengths_B,
+        response_ids_B_T=_pad_rows(response_ids, width_T, 0, torch.long),
+        response_mask_B_T=valid_B_T & ~in_prefix_B_T,
+        prefix_mask_B_T=valid_B_T & in_prefix_B_T,
+        behavior_logprobs_B_T=_pad_rows(
+            [s.behavior_logprobs for s in sequences], width_T, 0.0, torch.float32
+        ),
+        teacher_logprobs_B_T=(
+            _pad_rows([sc.logprobs for sc in scores], width_T, 0.0, torch.float32)  # type: ignore[union-attr]
+            if have_scores
+            else zeros_B_T
+        ),
+        teacher_topk_ids_B_T_K=(
+            _pad_rows([sc.topk_ids for sc in scores], width_T, 0, torch.long) if topk else None  # type: ignore[union-attr]
+        ),
+        teacher_topk_logprobs_B_T_K=(
+            _pad_rows([sc.topk_logprobs for sc in scores], width_T, 0.0, torch.float32)
+            if topk
+            else None  # type: ignore[union-attr]
+        ),
+        teacher_entropy_B_T=(
+            _pad_rows([sc.entropy for sc in scores], width_T, 0.0, torch.float32)
+            if entropy
+            else None  # type: ignore[union-attr]
+        ),
+    )

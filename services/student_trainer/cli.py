@@ -1,0 +1,177 @@
+"""`tropd-train`: run, resume and inspect distillation jobs.
+
+    tropd-train demo                                  # the README's main job (CPU, minutes)
+    tropd-train run --config configs/tropd.yaml optim.lr=5e-5 train.steps=200
+    tropd-train print-config --config configs/tropd.yaml loss.method=opd
+    tropd-train eval --model runs/x/checkpoints/step-000100
+    tropd-train build-world --out worlds/builtin
+    tropd-train generate-drafts --out drafts.jsonl --teacher localhost:50051
+
+Exit codes: 0 done (or stopped cleanly by a signal, checkpoint written), 1 training aborted
+(teacher lost, checkpoint written), 2 bad input (config, paths, tokenizer or capability mismatch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+
+from student_trainer.config import ConfigError, dump_config, load_config
+
+log = logging.getLogger("student_trainer")
+
+_OVERRIDES_HELP = "dotted overrides, e.g. loss.method=opd optim.lr=1e-4 train.steps=50"
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="recipe YAML (see configs/); defaults when omitted")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from student_trainer.loop import TrainingAborted, train
+    from student_trainer.setup import SetupError
+
+    cfg = load_config(args.config, args.overrides)
+    print(dump_config(cfg), file=sys.stderr)
+    try:
+        result = train(cfg)
+    except SetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingAborted as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    summary = {k: v for k, v in asdict(result).items() if k != "grad_norms"}
+    print(json.dumps(summary, default=str))
+    return 0
+
+
+def _cmd_print_config(args: argparse.Namespace) -> int:
+    print(dump_config(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from student_trainer.evaluate import evaluate_student
+    from student_trainer.setup import SetupError, load_student, task_from_config
+
+    cfg = load_config(args.config, [*args.overrides, f"student.path={args.model}"])
+    try:
+        model, tokenizer = load_student(cfg)
+    except (SetupError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    task = task_from_config(cfg.task)
+    examples = list(task.eval_examples())[: cfg.task.eval_size]
+    result = evaluate_student(model, tokenizer, task, examples)
+    for prompt, completion, ok in result.samples:
+        print(f"{prompt!r} -> {completion!r} [{'ok' if ok else 'wrong'}]")
+    print(
+        json.dumps(
+            {"model": args.model, "accuracy": result.accuracy, "examples": result.num_examples}
+        )
+    )
+    return 0
+
+
+def _cmd_generate_drafts(args: argparse.Namespace) -> int:
+    from teacher.client import TeacherClient
+    from transformers import AutoTokenizer
+
+    from student_trainer.guidance import write_drafts
+    from student_trainer.setup import resolve_model_path, task_from_config, wait_for_teacher
+
+    cfg = load_config(args.config, args.overrides)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.student.path))
+    task = task_from_config(cfg.task)
+    with TeacherClient(args.teacher or cfg.teacher.target, token=cfg.teacher.token) as client:
+        wait_for_teacher(client, cfg.teacher.wait_ready_s)
+        n = write_drafts(
+            client,
+            tokenizer,
+            list(task.train_examples()),
+            args.out,
+            max_new_tokens=cfg.rollout.max_new_tokens or task.max_new_tokens,
+            temperature=cfg.guidance.temperature,
+            seed=cfg.train.seed,
+        )
+    print(f"wrote {n} drafts to {args.out}")
+    return 0
+
+
+def _cmd_build_world(args: argparse.Namespace) -> int:
+    from student_trainer.world import main as world_main
+
+    return int(world_main(args.world_args) or 0)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from student_trainer.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tropd-train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="train (resuming from the newest checkpoint of train.run_dir)")
+    _add_config_args(p)
+    p.set_defaults(fn=_cmd_run)
+
+    p = sub.add_parser("print-config", help="print the resolved config and exit")
+    _add_config_args(p)
+    p.set_defaults(fn=_cmd_print_config)
+
+    p = sub.add_parser("eval", help="task accuracy of a student checkpoint (greedy)")
+    p.add_argument("--model", required=True, help="HF folder (a checkpoint) or builtin:NAME")
+    _add_config_args(p)
+    p.set_defaults(fn=_cmd_eval)
+
+    p = sub.add_parser("generate-drafts", help="write teacher drafts for guidance to a JSONL file")
+    p.add_argument("--out", required=True, help="output JSONL path")
+    p.add_argument("--teacher", help="teacher host:port (default: teacher.target of the config)")
+    _add_config_args(p)
+    p.set_defaults(fn=_cmd_generate_drafts)
+
+    p = sub.add_parser(
+        "build-world", help="regenerate the built-in world (teacher + students)", add_help=False
+    )
+    p.add_argument(
+        "world_args", nargs=argparse.REMAINDER, help="see `tropd-train build-world --help`"
+    )
+    p.set_defaults(fn=_cmd_build_world)
+
+    p = sub.add_parser("demo", help="teacher service + OPD vs TrOPD on the built-in world (CPU)")
+    from student_trainer.demo import add_demo_args
+
+    add_demo_args(p)
+    p.set_defaults(fn=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.fn(args))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Task accuracy: the student greedy in-process, the teacher greedy through the service."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from teacher.client import TeacherClient
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from student_trainer.rollout import sample_completions
+from student_trainer.tasks.base import Example, Task
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    accuracy: float
+    num_examples: int
+    samples: tuple[tuple[str, str, bool], ...]  # a few (prompt, completion, correct) for the log
+
+
+def encode_prompts(
+    tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example]
+) -> list[list[int]]:
+    """Prompt ids exactly as any HF model sees them (the tokenizer adds its own special tokens)."""
+    return [list(tokenizer(ex.prompt)["input_ids"]) for ex in examples]
+
+
+def _score(
+    task: Task,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    outputs: list[np.ndarray],
+) -> EvalResult:
+    verdicts = []
+    samples = []
+    for ex, ids in zip(examples, outputs, strict=True):
+        text = tokenizer.decode(ids.tolist(), skip_special_tokens=True)
+        ok = task.verify(ex, text)
+        verdicts.append(ok)
+        if len(samples) < 4:
+            samples.append((ex.prompt, text, ok))
+    return EvalResult(float(np.mean(verdicts)), len(verdicts), tuple(samples))
+
+
+def evaluate_student(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    examples: Sequence[Example],
+    batch_size: int = 256,
+) -> EvalResult:
+    """Greedy-decode every example with the student and verify it."""
+    prompts = encode_prompts(tokenizer, examples)
+    outputs: list[np.ndarray] = []
+    for lo in range(0, len(prompts), batch_size):
+        completions = sample_completions(
+            model,
+            prompts[lo : lo + batch_size],
+            samples_per_context=1,
+            max_new_tokens=task.max_new_tokens,
+            eos_id=tokenizer.eos_token_id,
+            pad_id=tokenizer.pad_token_id,
+            greedy=True,
+        )
+        outputs.extend(c.ids for c in completions)
+    return _score(task, tokenizer, examples, outputs)
+
+
+def evaluate_teacher(
+    client: TeacherClient,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    examples: Sequence[Example],
+    batch_size: int = 64,
+) -> EvalResult:
+    """Greedy-decode every example with the teacher service (Generate, temperature 0)."""
+    prompts = encode_prompts(tokenizer, examples)
+    outputs: list[np.ndarray] = []
+    for lo in range(0, len(prompts), batch_size):
+        results = client.generate(
+            prompts[lo : lo + batch_size],
+            max_new_tokens=task.max_new_tokens,
+            temperature=0.0,
+            stop_ids=(tokenizer.eos_token_id,),
+        )
+        outputs.extend(np.asarray(r.ids) for r in results)
+    return _score(task, tokenizer, examples, outputs)

@@ -1,0 +1,107 @@
+"""Teacher drafts for off-policy guidance (and for the `sft` baseline).
+
+A draft is the teacher's own response to a prompt, as token ids ending with eos. Drafts come from
+the teacher service (`Generate`) on demand, or from a JSONL file written ahead of time by
+`tropd-train generate-drafts` (one {"prompt": ..., "draft_ids": [...]} per line).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from teacher.client import TeacherClient
+from transformers import PreTrainedTokenizerBase
+
+from student_trainer.tasks.base import Example
+
+
+class DraftFileError(ValueError):
+    """The drafts file is missing, malformed, or lacks a prompt the trainer asked for."""
+
+
+def teacher_drafts(
+    client: TeacherClient,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    eos_id: int,
+    temperature: float,
+    seed: int,
+) -> list[np.ndarray]:
+    """Ask the teacher service for one draft per prompt (seeded, so a resumed run gets the same)."""
+    results = client.generate(
+        [list(p) for p in prompts],
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+        stop_ids=(eos_id,),
+    )
+    return [np.asarray(r.ids, dtype=np.int64) for r in results]
+
+
+def load_drafts(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a drafts JSONL file into {prompt text: draft ids}."""
+    drafts: dict[str, np.ndarray] = {}
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise DraftFileError(f"cannot read drafts file {path}: {exc.strerror}") from exc
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            drafts[str(record["prompt"])] = np.asarray(record["draft_ids"], dtype=np.int64)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise DraftFileError(
+                f'{path}:{lineno}: expected {{"prompt": str, "draft_ids": [int, ...]}} ({exc})'
+            ) from exc
+    return drafts
+
+
+def drafts_for(
+    examples: Sequence[Example], table: dict[str, np.ndarray], path: str
+) -> list[np.ndarray]:
+    """Look up the drafts of `examples` in a loaded drafts file."""
+    missing = [ex.prompt for ex in examples if ex.prompt not in table]
+    if missing:
+        raise DraftFileError(
+            f"{path} has no draft for prompt {missing[0]!r} ({len(missing)} missing)"
+        )
+    return [table[ex.prompt] for ex in examples]
+
+
+def write_drafts(
+    client: TeacherClient,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    out_path: str | Path,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> int:
+    """Generate a draft for every example through the teacher and write the JSONL file.
+
+    Returns:
+        The number of drafts written.
+    """
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as fh:
+        for lo in range(0, len(examples), batch_size):
+            chunk = examples[lo : lo + batch_size]
+            prompts = [tokenizer(ex.prompt)["input_ids"] for ex in chunk]
+            drafts = teacher_drafts(
+                client, prompts, max_new_tokens, tokenizer.eos_token_id, temperature, seed + lo
+            )
+            for ex, draft in zip(chunk, drafts, strict=True):
+                fh.write(json.dumps({"prompt": ex.prompt, "draft_ids": draft.tolist()}) + "\n")
+    return len(examples)
+
+
+def strip_eos(draft: np.ndarray, eos_id: int) -> np.ndarray:
+    """A guidance prefix never includes the draft's eos: the student writes its own ending."""
+    return draft[:-1] if draft.size and draft[-1] == eos_id else draft

@@ -1,0 +1,197 @@
+"""The TrOPD recipe, top to bottom: set up, then per step sample prompts, (get teacher drafts),
+roll out the student, have the teacher grade every token, update, log, evaluate, checkpoint.
+
+    tropd-train run --config configs/tropd.yaml [key.sub=value ...]
+
+Knows the teacher only through `teacher.client` (token ids in, numpy arrays out).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from teacher.client import TeacherClientError
+
+from student_trainer import steps
+from student_trainer.checkpoint import (
+    TrainState,
+    find_latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    step_dir_name,
+)
+from student_trainer.config import RunConfig, dump_config
+from student_trainer.evaluate import evaluate_student
+from student_trainer.plots import plot_run
+from student_trainer.run_log import RunLogger
+from student_trainer.setup import Session, open_session
+from student_trainer.update import apply_update
+
+log = logging.getLogger(__name__)
+
+
+class TrainingAborted(RuntimeError):
+    """Training stopped for a reason the user must act on (the message says which)."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    steps_done: int
+    accuracy_before: float | None  # student accuracy at step 0 (None when resumed past it)
+    accuracy_after: float
+    grad_norms: tuple[float, ...]
+    wall_s: float
+    stopped_early: bool
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT ask the loop to finish the current step, checkpoint and exit cleanly."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            # Only the main thread may install handlers (tests may run the loop elsewhere).
+            with contextlib.suppress(ValueError):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        log.warning(
+            "received %s: finishing this step, then checkpointing", signal.Signals(signum).name
+        )
+        self.requested = True
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _checkpoint(s: Session, step: int, data_rng: np.random.Generator) -> None:
+    if (s.run_dir / "checkpoints" / step_dir_name(step)).is_dir():
+        return  # resumed from this very step and trained no further
+    s.status.set_state("checkpointing")
+    state = TrainState(step=step, data_state={"numpy_bit_generator": data_rng.bit_generator.state})
+    save_checkpoint(
+        s.run_dir,
+        step,
+        s.model,
+        s.tokenizer,
+        s.optimizer,
+        state,
+        s.cfg.model_dump(mode="json"),
+        keep_last=s.cfg.train.keep_last,
+    )
+    s.status.mark_checkpoint(step)
+
+
+def _evaluate(s: Session, step: int, logger: RunLogger) -> float:
+    s.status.set_state("evaluating")
+    result = evaluate_student(s.model, s.tokenizer, s.task, s.eval_examples)
+    logger.log(step, {"eval/accuracy": result.accuracy})
+    s.status.update_eval(step, result.accuracy)
+    prompt, completion, ok = result.samples[0]
+    log.info(
+        "step %d eval accuracy %.3f  e.g. %s -> %s (%s)",
+        step,
+        result.accuracy,
+        prompt,
+        completion,
+        "ok" if ok else "wrong",
+    )
+    return result.accuracy
+
+
+def train(cfg: RunConfig) -> RunResult:
+    """Run (or resume) one training job to completion, a stop signal, or a teacher outage."""
+    t0 = time.monotonic()
+    s = open_session(cfg)  # models, task, teacher checks, optimizer, run dir, status server
+    run_dir = s.run_dir
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    data_rng = np.random.default_rng(cfg.train.seed)
+    start_step = 0
+    latest = find_latest_checkpoint(run_dir) if cfg.train.resume else None
+    if latest is not None:
+        state = load_checkpoint(latest, s.model, s.optimizer)
+        start_step = state.step
+        data_rng.bit_generator.state = state.data_state["numpy_bit_generator"]
+        log.info("resumed from %s (step %d)", latest, start_step)
+    else:
+        torch.manual_seed(cfg.train.seed)
+    logger = RunLogger(run_dir, tensorboard=cfg.train.tensorboard, resume_step=start_step)
+    stop = _StopFlag()
+    accuracy_before = _evaluate(s, 0, logger) if start_step == 0 else None
+    accuracy = accuracy_before if accuracy_before is not None else float("nan")
+    grad_norms: list[float] = []
+    step = start_step
+    progress = steps.progress_bar(cfg, start_step)
+    try:
+        s.status.set_state("training")
+        while step < cfg.train.steps and not stop.requested:
+            t_step = time.monotonic()
+            # 1-3. Prompts, guidance drafts, student rollouts (+ the teacher's grades).
+            batch = steps.collect(s, step, data_rng)
+            # 4. The update: micro-batched forward/backward, clip, AdamW (skipped if non-finite).
+            trust_gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
+            update = apply_update(
+                s.model,
+                s.optimizer,
+                batch.sequences,
+                batch.scores,
+                cfg.loss,
+                cfg.optim,
+                trust_gen,
+                s.pad_id,
+            )
+            step += 1
+            grad_norms.append(update.grad_norm)
+            metrics = steps.step_metrics(batch, update, time.monotonic() - t_step)
+            logger.log(step, metrics)
+            s.status.update_step(step, metrics)
+            steps.advance(progress, metrics)
+            if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
+                accuracy = _evaluate(s, step, logger)
+                s.status.set_state("training")
+            if step % cfg.train.checkpoint_every == 0 and step < cfg.train.steps:
+                _checkpoint(s, step, data_rng)
+                s.status.set_state("training")
+    except TeacherClientError as exc:
+        _checkpoint(s, step, data_rng)
+        s.status.set_state("failed")
+        raise TrainingAborted(
+            f"teacher at {cfg.teacher.target} unavailable after {cfg.teacher.max_retries} "
+            f"retries: {exc}; checkpoint written at step {step}, rerun the same command to resume"
+        ) from exc
+    finally:
+        progress.close()
+        stop.restore()
+    if step > start_step and (step % cfg.train.eval_every != 0 and step != cfg.train.steps):
+        accuracy = _evaluate(s, step, logger)
+    _checkpoint(s, step, data_rng)
+    logger.close()
+    plots = plot_run(run_dir)
+    s.status.set_state("done" if step >= cfg.train.steps else "stopped")
+    s.close()
+    log.info(
+        "run %s: %d steps, accuracy %.3f, plots: %s",
+        cfg.name,
+        step,
+        accuracy,
+        ", ".join(p.name for p in plots),
+    )
+    return RunResult(
+        run_dir=run_dir,
+        steps_done=step,
+        accuracy_before=accuracy_before,
+        accuracy_after=accuracy,
+        grad_norms=tuple(grad_norms),
+        wall_s=time.monotonic() - t0,
+        stopped_early=step < cfg.train.steps,
+    )

@@ -1,0 +1,103 @@
+"""Student rollouts: sample with HF `generate` (KV cache) and record behaviour log-probs.
+
+Token ids only; tokenisation and verification live in the loop and the task. The behaviour
+log-prob of a token is log π_S(x_t | c_t) under the *untempered* student at sampling time, the
+`lp_S_old` of the trust test, computed from the raw logits `generate` returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled continuation of a context."""
+
+    context_index: int  # which context (of the call's list) it continues
+    ids: np.ndarray  # int64 [m], sampled tokens, ending with eos when one was emitted
+    behavior_logprobs: np.ndarray  # float32 [m]
+
+
+def _left_pad(contexts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(c) for c in contexts)
+    ids_B_L = torch.full((len(contexts), width), pad_id, dtype=torch.long)
+    mask_B_L = torch.zeros((len(contexts), width), dtype=torch.long)
+    for row, ctx in enumerate(contexts):
+        ids_B_L[row, width - len(ctx) :] = torch.as_tensor(list(ctx), dtype=torch.long)
+        mask_B_L[row, width - len(ctx) :] = 1
+    return ids_B_L, mask_B_L
+
+
+@torch.no_grad()
+def sample_completions(
+    model: PreTrainedModel,
+    contexts: Sequence[Sequence[int]],
+    samples_per_context: int,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int,
+    temperature: float = 1.0,
+    greedy: bool = False,
+) -> list[Completion]:
+    """Sample `samples_per_context` completions for each context (prompt, maybe + guidance prefix).
+
+    Args:
+        model: the student, in eval mode during the call (dropout off), restored afterwards.
+        contexts: token ids per context; lengths may differ (left-padded internally).
+        samples_per_context: completions per context, grouped in context order.
+        max_new_tokens: hard cap; a completion without eos stops there.
+        eos_id, pad_id: the tokenizer's ids.
+        temperature: sampling temperature (> 0); ignored when greedy.
+        greedy: argmax decoding (evaluation).
+    Returns:
+        len(contexts) * samples_per_context completions, truncated after the first eos.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    ids_B_L, mask_B_L = _left_pad(contexts, pad_id)
+    sampling = {} if greedy else {"temperature": temperature, "top_k": 0, "top_p": 1.0}
+    out = model.generate(
+        input_ids=ids_B_L.to(device),
+        attention_mask=mask_B_L.to(device),
+        do_sample=not greedy,
+        num_return_sequences=samples_per_context,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        output_logits=True,
+        return_dict_in_generate=True,
+        **sampling,
+    )
+    model.train(was_training)
+    new_B_N = out.sequences[:, ids_B_L.shape[1] :]
+    # generate returns the raw (unprocessed) logits of every step: [B, V] per new position.
+    logits_B_N_V = torch.stack(out.logits, dim=1).float()
+    logprobs_B_N = torch.log_softmax(logits_B_N_V, dim=-1).gather(-1, new_B_N.unsqueeze(-1))
+    return _truncate_at_eos(
+        new_B_N.cpu(), logprobs_B_N.squeeze(-1).cpu(), samples_per_context, eos_id
+    )
+
+
+def _truncate_at_eos(
+    new_B_N: torch.Tensor, logprobs_B_N: torch.Tensor, samples: int, eos_id: int
+) -> list[Completion]:
+    completions = []
+    for row in range(new_B_N.shape[0]):
+        ids = new_B_N[row].numpy()
+        eos_at = np.flatnonzero(ids == eos_id)
+        length = int(eos_at[0]) + 1 if eos_at.size else ids.size
+        completions.append(
+            Completion(
+                context_index=row // samples,
+                ids=ids[:length].astype(np.int64),
+                behavior_logprobs=logprobs_B_N[row, :length].numpy().astype(np.float32),
+            )
+        )
+    return completions

@@ -1,0 +1,206 @@
+"""Everything a run needs before step 0, and every refusal that belongs before step 0.
+
+Loads the student and its tokenizer, the task, connects to the teacher, and checks that the two
+can work together: same tokenizer (fingerprint and vocabulary size), and a teacher that offers
+what the loss needs (top-k, entropy). Each refusal says which side differs and how to fix it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import torch
+from teacher.client import TeacherClient, TeacherInfo, TeacherRpcError
+from teacher.fingerprint import fingerprint_of
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from student_trainer.config import RunConfig, TaskConfig
+from student_trainer.guidance import load_drafts
+from student_trainer.losses import needs_teacher_entropy, needs_topk
+from student_trainer.status_server import StatusServer, TrainerStatus
+from student_trainer.tasks import TaskError, load_task
+from student_trainer.tasks.base import Example, Task
+from student_trainer.world import builtin_world_dir
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class SetupError(RuntimeError):
+    """The run cannot start; the message says why and what to change."""
+
+
+@dataclass
+class Session:
+    cfg: RunConfig
+    run_dir: Path
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    task: Task
+    train_examples: list[Example]
+    eval_examples: list[Example]
+    client: TeacherClient
+    teacher: TeacherInfo
+    optimizer: torch.optim.Optimizer
+    status: TrainerStatus
+    server: StatusServer | None
+    max_new_tokens: int
+    draft_table: dict[str, np.ndarray] | None  # guidance drafts from a file, by prompt text
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    @property
+    def eos_id(self) -> int:
+        return int(self.tokenizer.eos_token_id)
+
+    def close(self) -> None:
+        self.client.close()
+        if self.server is not None:
+            self.server.stop()
+
+
+def resolve_model_path(path: str) -> str:
+    """`builtin:NAME` names a model of the built-in world; anything else is used as given."""
+    if path.startswith("builtin:"):
+        folder = builtin_world_dir() / path.removeprefix("builtin:")
+        if not folder.is_dir():
+            raise SetupError(
+                f"built-in model {path!r} not found at {folder}; run `tropd-train build-world`"
+            )
+        return str(folder)
+    if "/" in path and not Path(path).exists() and path.startswith((".", "/")):
+        raise SetupError(f"student model folder {path} does not exist")
+    return path
+
+
+def wait_for_teacher(client: TeacherClient, seconds: float) -> TeacherInfo:
+    """The teacher's info once it answers; SetupError after `seconds` of UNAVAILABLE."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return client.info(timeout=min(10.0, max(deadline - time.monotonic(), 1.0)))
+        except TeacherRpcError as exc:
+            if (
+                exc.code != grpc.StatusCode.UNAVAILABLE
+                and exc.code != grpc.StatusCode.DEADLINE_EXCEEDED
+            ):
+                raise SetupError(f"teacher at {client.target} refused GetModelInfo: {exc}") from exc
+            if time.monotonic() >= deadline:
+                raise SetupError(
+                    f"teacher at {client.target} not ready after {seconds:.0f}s ({exc.details}); "
+                    "is `tropd-teacher serve` running there?"
+                ) from exc
+            time.sleep(1.0)
+
+
+def task_from_config(cfg: TaskConfig) -> Task:
+    try:
+        return load_task(cfg.name, **cfg.options)
+    except TaskError as exc:
+        raise SetupError(str(exc)) from exc
+
+
+def load_student(cfg: RunConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    path = resolve_model_path(cfg.student.path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
+        raise SetupError(f"student tokenizer at {path} needs both a pad and an eos token")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[cfg.student.dtype])
+    return model.to(cfg.student.device), tokenizer
+
+
+def check_teacher(
+    cfg: RunConfig, info: TeacherInfo, tokenizer: PreTrainedTokenizerBase, vocab_rows: int
+) -> None:
+    """Refuse a teacher whose tokenizer or capabilities do not fit this student and loss."""
+    mine = fingerprint_of(tokenizer)
+    theirs = info.fingerprint
+    if mine.sha256 != theirs.sha256:
+        raise SetupError(
+            "tokenizer mismatch: the student's tokenizer is "
+            f"{mine.short()} but the teacher's is {theirs.short()}; "
+            "student and teacher must share one tokenizer (token ids travel on the wire)"
+        )
+    if info.vocab_size != vocab_rows:
+        raise SetupError(
+            f"vocabulary size mismatch: the student's output layer has {vocab_rows} rows, "
+            f"the teacher's has {info.vocab_size}"
+        )
+    if needs_topk(cfg.loss) and not info.capabilities.top_k:
+        raise SetupError(
+            f"loss {cfg.loss.method!r} needs the teacher's top-k log-probs, which the "
+            f"{info.backend!r} teacher backend does not provide; use opd, or tropd with "
+            "loss.outlier=mask or clip"
+        )
+    if needs_topk(cfg.loss) and min(cfg.loss.topk, info.vocab_size) > info.limits.max_top_k:
+        raise SetupError(
+            f"loss.topk={cfg.loss.topk} is above the teacher's max top-k {info.limits.max_top_k}"
+        )
+    if needs_teacher_entropy(cfg.loss) and not info.capabilities.entropy:
+        raise SetupError(
+            f"loss {cfg.loss.method!r} needs teacher entropies; "
+            f"the {info.backend!r} backend has none"
+        )
+
+
+def open_session(cfg: RunConfig) -> Session:
+    """Load and check everything; start the status server. Raises SetupError on a refusal."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    model, tokenizer = load_student(cfg)
+    task = task_from_config(cfg.task)
+    token = cfg.teacher.token or os.environ.get("TEACHER_TOKEN")
+    client = TeacherClient(
+        cfg.teacher.target,
+        token=token,
+        timeout=cfg.teacher.timeout_s,
+        max_retries=cfg.teacher.max_retries,
+    )
+    info = wait_for_teacher(client, cfg.teacher.wait_ready_s)
+    check_teacher(cfg, info, tokenizer, model.get_output_embeddings().weight.shape[0])
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=cfg.optim.lr,
+        betas=cfg.optim.betas,
+        weight_decay=cfg.optim.weight_decay,
+    )
+    run_dir = Path(cfg.train.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    status = TrainerStatus(run_name=cfg.name, run_dir=str(run_dir), total_steps=cfg.train.steps)
+    server = None
+    if cfg.train.status_port is not None:
+        server = StatusServer(status, port=cfg.train.status_port)
+        server.start()
+        log.info("status: http://127.0.0.1:%d/v1/status", server.port)
+    return Session(
+        cfg=cfg,
+        run_dir=run_dir,
+        model=model,
+        tokenizer=tokenizer,
+        task=task,
+        train_examples=list(task.train_examples()),
+        eval_examples=list(task.eval_examples())[: cfg.task.eval_size],
+        client=client,
+        teacher=info,
+        optimizer=optimizer,
+        status=status,
+        server=server,
+        max_new_tokens=cfg.rollout.max_new_tokens or task.max_new_tokens,
+        draft_table=load_drafts(cfg.guidance.drafts_file)
+        if cfg.guidance.source == "file"
+        else None,
+    )
