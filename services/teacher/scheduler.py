@@ -167,7 +167,8 @@ class Scheduler:
             Unavailable: the scheduler is draining.
             DeadlineExceeded, Cancelled, Internal: the work was dropped or its batch failed.
         """
-        return await self._submit("score", tasks, [len(t.ids) for t in tasks], deadline)
+        # Positions from end - 1 on feed no scored row, so a backend need not run them.
+        return await self._submit("score", tasks, [t.end - 1 for t in tasks], deadline)
 
     async def generate(
         self, tasks: Sequence[GenerateTask], deadline: float | None = None

@@ -217,3 +217,26 @@ def test_bad_generate_input(client, kwargs, words) -> None:
     for word in words:
         assert word in exc.value.details
     assert client.score([[1, 2, 3]], 1)[0].logprobs.shape == (2,)
+
+
+def test_async_client_matches_sync(llama_server, client) -> None:
+    import asyncio
+
+    from teacher.client import AsyncTeacherClient
+
+    ids = np.arange(4, 30, dtype=np.int32)
+    (expected,) = client.score([ids], 2, top_k=4)
+
+    async def main():
+        async with AsyncTeacherClient(llama_server.target) as aclient:
+            info = await aclient.check_tokenizer((await aclient.info()).fingerprint)
+            rows = await asyncio.gather(*(aclient.score([ids], 2, top_k=4) for _ in range(4)))
+            drafts = await aclient.generate([[1, 2, 3]], max_new_tokens=5, seed=9)
+            return info, rows, drafts
+
+    info, rows, drafts = asyncio.run(main())
+    assert info.limits.max_top_k == 32
+    for (row,) in rows:
+        np.testing.assert_allclose(row.logprobs, expected.logprobs, atol=1e-5)
+        np.testing.assert_array_equal(row.topk_ids, expected.topk_ids)
+    assert len(drafts[0].ids) == 5

@@ -1,0 +1,252 @@
+"""Teacher throughput: the service against in-process scoring, on one model, in one run.
+
+    .venv/bin/python benchmarks/teacher_throughput.py            # full, ~minutes on 2 CPU cores
+    .venv/bin/python benchmarks/teacher_throughput.py --quick    # smoke run (tests use it)
+
+For each scenario, the same sequences are scored five ways, side by side, on one backend:
+* inprocess_batched    - `backend.score` directly, batches packed to the token budget (ceiling);
+* inprocess_one_by_one - `backend.score` on one sequence at a time (no network, no batching);
+* naive_one_at_a_time  - the service without a batching delay, one request at a time;
+* service_1            - the batching service, one client sending requests one after another;
+* service_8            - the batching service with 8 concurrent clients (cross-client batches).
+Clients run in a separate process (threads, one channel each), as student jobs would. It
+prints scored tokens/s, the ratios and bytes per scored token on the wire, and writes JSON to
+benchmarks/results/teacher_throughput.json (quick runs: ..._quick.json).
+
+Scenarios: "long" is compute-bound (~10M-parameter model, 256-token sequences; target
+service_8 >= 0.9x inprocess_batched); "short" is overhead-bound (tiny model, 32-token
+sequences, one sequence per request; target service_8 >= 3x naive_one_at_a_time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import torch
+from teacher.backends import load_backend
+from teacher.backends.base import Backend, ScoreTask
+from teacher.client import TeacherClient, build_score_request
+from teacher.config import ServerConfig
+from teacher.server import start_server
+from teacher.tiny_models import PRESETS, build_tiny_model
+from tropd.teacher.v1 import teacher_pb2_grpc as pb_grpc
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    preset: str  # teacher.tiny_models preset
+    seq_len: int
+    start: int  # first scored position (the "prompt" is ids[:start])
+    num_sequences: int
+    seqs_per_request: int
+    top_k: int
+    max_batch_tokens: int
+    max_delay_ms: float
+    target: str  # the claim this scenario checks, in words
+
+
+def scenarios(quick: bool) -> list[Scenario]:
+    if quick:
+        return [
+            Scenario("long", "tiny", 64, 8, 16, 4, 8, 1024, 2.0, "service_8 >= 0.9x batched"),
+            Scenario(
+                "short", "tiny", 32, 4, 32, 1, 8, 2048, 1.0, "service_8 >= 3x naive_one_at_a_time"
+            ),
+        ]
+    return [
+        Scenario("long", "bench-10m", 256, 32, 128, 4, 16, 8192, 5.0, "service_8 >= 0.9x batched"),
+        Scenario(
+            "short", "tiny", 32, 4, 1024, 1, 16, 4096, 1.0, "service_8 >= 3x naive_one_at_a_time"
+        ),
+    ]
+
+
+def make_sequences(sc: Scenario, vocab: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(4, vocab, sc.seq_len, dtype=np.int32) for _ in range(sc.num_sequences)]
+
+
+def requests_of(sc: Scenario, seqs: list[np.ndarray]) -> list[list[np.ndarray]]:
+    k = sc.seqs_per_request
+    return [seqs[i : i + k] for i in range(0, len(seqs), k)]
+
+
+def scored_tokens(sc: Scenario) -> int:
+    return sc.num_sequences * (sc.seq_len - sc.start)
+
+
+def run_inprocess(backend: Backend, sc: Scenario, seqs: list[np.ndarray], batch: int) -> float:
+    """Seconds to score every sequence with `backend.score`, `batch` sequences per call."""
+    tasks = [ScoreTask(ids, sc.start, sc.seq_len, top_k=sc.top_k) for ids in seqs]
+    started = time.perf_counter()
+    for i in range(0, len(tasks), batch):
+        backend.score(tasks[i : i + batch])
+    return time.perf_counter() - started
+
+
+def _clients_process(
+    target: str, sc: Scenario, shares: list[list[list[np.ndarray]]], barrier: Any, done: Any
+) -> None:
+    """The callers, in a process of their own: one thread and one channel per client, each
+    sending its requests one after another (a closed loop, like a student job)."""
+    try:
+        clients = [TeacherClient(target, timeout=600) for _ in shares]
+        for client in clients:
+            client.info()  # connect before the clock starts
+
+        def work(client: TeacherClient, share: list[list[np.ndarray]]) -> None:
+            for request in share:
+                client.score(request, sc.start, top_k=sc.top_k)
+
+        with ThreadPoolExecutor(len(shares)) as pool:
+            barrier.wait()
+            list(pool.map(work, clients, shares))
+        done.put(None)
+    except Exception as exc:  # reported to the parent, which raises it
+        done.put(f"{type(exc).__name__}: {exc}")
+
+
+def run_service(target: str, sc: Scenario, seqs: list[np.ndarray], clients: int) -> float:
+    """Seconds for `clients` concurrent clients to score every request (split round-robin).
+
+    The clients live in another process, as student jobs do, so their Python work does not
+    compete with the server for this process's GIL.
+    """
+    reqs = requests_of(sc, seqs)
+    ctx = mp.get_context("spawn")
+    barrier, done = ctx.Barrier(2), ctx.Queue()
+    shares = [reqs[c::clients] for c in range(clients)]
+    proc = ctx.Process(target=_clients_process, args=(target, sc, shares, barrier, done))
+    proc.start()
+    barrier.wait(timeout=300)
+    started = time.perf_counter()
+    error = done.get(timeout=3600)
+    seconds = time.perf_counter() - started
+    proc.join()
+    if error:
+        raise RuntimeError(f"client failed: {error}")
+    return seconds
+
+
+def wire_bytes(target: str, sc: Scenario, seqs: list[np.ndarray]) -> dict[str, float]:
+    """Request and response bytes per scored token, measured on real messages."""
+    request = build_score_request(requests_of(sc, seqs)[0], sc.start, top_k=sc.top_k)
+    with grpc.insecure_channel(target) as channel:
+        response = pb_grpc.TeacherStub(channel).Score(request)
+    scored = len(request.items) * (sc.seq_len - sc.start)
+    return {
+        "request_bytes_per_scored_token": request.ByteSize() / scored,
+        "response_bytes_per_scored_token": response.ByteSize() / scored,
+    }
+
+
+def server_config(model_dir: Path, sc: Scenario, **overrides: Any) -> ServerConfig:
+    values: dict[str, Any] = {
+        "model": str(model_dir), "host": "127.0.0.1", "port": 0, "http_port": 0,
+        "max_batch_tokens": sc.max_batch_tokens, "max_delay_ms": sc.max_delay_ms,
+        "max_top_k": max(sc.top_k, 1),
+    }  # fmt: skip
+    return ServerConfig(**{**values, **overrides})
+
+
+def run_scenario(sc: Scenario, workdir: Path) -> dict[str, object]:
+    model_dir = build_tiny_model(workdir / sc.name, "llama", seed=0, **PRESETS[sc.preset])
+    backend = load_backend("hf", model_path=str(model_dir), dtype="float32")
+    backend.warmup()
+    info = backend.info()
+    seqs = make_sequences(sc, info.tokenizer.vocab_size)
+    per_batch = max(1, sc.max_batch_tokens // (sc.seq_len - 1))
+    seconds = {
+        "inprocess_batched": run_inprocess(backend, sc, seqs, per_batch),
+        "inprocess_one_by_one": run_inprocess(backend, sc, seqs, 1),
+    }
+    # The naive service: no batching delay, one request at a time.
+    with start_server(server_config(model_dir, sc, max_delay_ms=0.0), backend=backend) as naive:
+        seconds["naive_one_at_a_time"] = run_service(naive.target, sc, seqs, 1)
+    with start_server(server_config(model_dir, sc), backend=backend) as handle:
+        run_service(handle.target, sc, seqs[: sc.seqs_per_request * 16], 8)  # warm paths
+        seconds["service_1"] = run_service(handle.target, sc, seqs, 1)
+        seconds["service_8"] = run_service(handle.target, sc, seqs, 8)
+        wire = wire_bytes(handle.target, sc, seqs)
+    tokens = scored_tokens(sc)
+    rate = {name: tokens / s for name, s in seconds.items()}
+    ratios = {
+        "service_8_over_inprocess_batched": rate["service_8"] / rate["inprocess_batched"],
+        "service_8_over_naive_one_at_a_time": rate["service_8"] / rate["naive_one_at_a_time"],
+        "service_8_over_service_1": rate["service_8"] / rate["service_1"],
+        "service_8_over_inprocess_one_by_one": rate["service_8"] / rate["inprocess_one_by_one"],
+    }
+    n_params = sum(p.numel() for p in backend.model.parameters())  # type: ignore[attr-defined]
+    return {
+        "scenario": asdict(sc),
+        "model_parameters": n_params,
+        "scored_tokens": tokens,
+        "seconds": seconds,
+        "scored_tokens_per_s": rate,
+        "ratios": ratios,
+        "wire": wire,
+    }
+
+
+def report(name: str, result: dict[str, object]) -> None:
+    sc = result["scenario"]
+    print(f"\n== {name}: {result['model_parameters'] / 1e6:.1f}M params, "
+          f"{sc['num_sequences']} x {sc['seq_len']} tokens, {sc['seqs_per_request']} seq/request, "
+          f"top-k {sc['top_k']}, budget {sc['max_batch_tokens']} tokens")  # fmt: skip
+    for way, value in result["scored_tokens_per_s"].items():
+        print(f"  {way:<20} {value:>12,.0f} scored tokens/s")
+    for ratio, value in result["ratios"].items():
+        print(f"  {ratio:<36} {value:6.2f}x")
+    for key, value in result["wire"].items():
+        print(f"  {key:<36} {value:6.1f}")
+    print(f"  target: {sc['target']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small smoke run (seconds)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads [1]")
+    parser.add_argument("--out", type=Path, help="JSON path [benchmarks/results/...]")
+    parser.add_argument("--only", choices=["long", "short"], help="run one scenario")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = args.out or RESULTS / ("teacher_throughput_quick.json" if args.quick else
+                                 "teacher_throughput.json")  # fmt: skip
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for sc in scenarios(args.quick):
+            if args.only and sc.name != args.only:
+                continue
+            results[sc.name] = run_scenario(sc, Path(tmp))
+            report(sc.name, results[sc.name])
+    payload = {
+        "quick": args.quick,
+        "torch_threads": args.threads,
+        "device": "cpu",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "scenarios": results,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
