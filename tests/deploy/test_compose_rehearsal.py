@@ -232,9 +232,11 @@ def test_compose_up_rehearsal(tmp_path: Path, processes: list[Running]) -> None:
 
     for run, name in zip(runs, students, strict=True):
         run_dir = Path(stand.rewrite(name, f"={_arg(services[name], 'train.run_dir')}")[1:])
-        assert run_dir.is_dir() and any(run_dir.iterdir()), f"{name}: nothing in {run_dir}"
+        # The trainer's last stdout line is its JSON summary; the final step is checkpointed.
         summary = json.loads(run.log.read_text().strip().splitlines()[-1])
-        assert summary, run.tail()
+        assert summary["steps_done"] == int(env["STUDENT_STEPS"]), run.tail()
+        assert Path(summary["run_dir"]) == run_dir
+        assert (run_dir / "checkpoints" / f"step-{summary['steps_done']:06d}").is_dir()
     http_port = stand.ports[(teacher_name, int(teacher_spec["environment"]["TEACHER_HTTP_PORT"]))]
     assert _scored_tokens(http_port) > 0
 
