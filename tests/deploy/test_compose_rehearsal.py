@@ -55,7 +55,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(_MISSING is not None, reason=
 
 WORKDIR = "/opt/tropd"  # the Dockerfile's WORKDIR, checked below
 IMAGE_DIRS = ("/cache", "/runs")  # made by the Dockerfile; a container's own layer when unmounted
-STUDENT_TIMEOUT_S = 900.0
+STUDENT_TIMEOUT_S = 400.0  # with the health budget (150 s), inside pytest-timeout's 600 s
 HEALTH_POLL_S = 1.0  # compose polls every `interval` (10 s); the rehearsal need not wait that long
 
 
