@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load_file
 from student_trainer.tasks.addition import AdditionConfig
 from student_trainer.world import build_world, load_manifest, world_task
@@ -83,6 +84,11 @@ def test_only_rebuilds_the_named_models(tiny_world: Path, tmp_path: Path) -> Non
     assert json.loads(manifest.model_dump_json()) == before
     with pytest.raises(ValueError, match="unknown models"):
         build_world(copy, progress=False, spec=_tiny_spec(), only=["professor"])
+
+
+def test_spec_rejects_unknown_styles() -> None:
+    with pytest.raises(ValidationError, match="unknown styles \\['shouty'\\]"):
+        ModelSpec(description="x", n_layer=1, n_embd=8, steps=1, lr=1e-3, style_mix={"shouty": 1})
 
 
 def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:

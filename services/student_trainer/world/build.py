@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from teacher.fingerprint import fingerprint_of
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
@@ -67,7 +67,17 @@ class ModelSpec(BaseModel):
     batch_size: int = Field(64, ge=1)
     warmup_steps: int = Field(20, ge=1)
     final_lr_fraction: float = Field(0.1, ge=0, le=1)
-    style_mix: dict[str, float]
+    style_mix: dict[str, float]  # style name -> sampling weight (normalised by the sampler)
+
+    @field_validator("style_mix")
+    @classmethod
+    def _known_styles(cls, mix: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(mix) - set(STYLES))
+        if unknown:
+            raise ValueError(f"unknown styles {unknown}; known: {sorted(STYLES)}")
+        if any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
+            raise ValueError(f"weights must be >= 0 with a positive sum, got {mix}")
+        return mix
 
 
 class WorldSpec(BaseModel):
@@ -160,9 +170,6 @@ def _sha256(path: Path) -> str:
 def _build_model(name: str, spec: ModelSpec, world: WorldSpec, task: AdditionTask,
                  tokenizer: PreTrainedTokenizerBase, out_dir: Path, progress: bool) -> ModelRecord:
     started = time.perf_counter()
-    unknown = sorted(set(spec.style_mix) - set(STYLES))
-    if unknown:
-        raise ValueError(f"model {name!r}: unknown styles {unknown}; known: {sorted(STYLES)}")
     source = encode_problems(task, tokenizer, task.train_problems(), sorted(spec.style_mix))
     sequence_length = source.ids_S_N_T.shape[2]
     model = _new_model(spec, tokenizer, 64 * math.ceil(sequence_length / 64), world.seed)
