@@ -29,18 +29,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
-import torch
-from teacher.backends import load_backend
-from teacher.backends.base import Backend, ScoreTask
 from teacher.client import TeacherClient, build_score_request
-from teacher.config import ServerConfig
-from teacher.server import start_server
-from teacher.tiny_models import PRESETS, build_tiny_model
 from tropd.teacher.v1 import teacher_pb2_grpc as pb_grpc
+
+# Only light imports at module level: the client process (spawned) re-imports this module.
+# torch, transformers and the server are imported inside the functions that need them.
+if TYPE_CHECKING:
+    from teacher.backends.base import Backend
+    from teacher.config import ServerConfig
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -91,6 +91,8 @@ def scored_tokens(sc: Scenario) -> int:
 
 def run_inprocess(backend: Backend, sc: Scenario, seqs: list[np.ndarray], batch: int) -> float:
     """Seconds to score every sequence with `backend.score`, `batch` sequences per call."""
+    from teacher.backends.base import ScoreTask
+
     tasks = [ScoreTask(ids, sc.start, sc.seq_len, top_k=sc.top_k) for ids in seqs]
     started = time.perf_counter()
     for i in range(0, len(tasks), batch):
@@ -98,48 +100,56 @@ def run_inprocess(backend: Backend, sc: Scenario, seqs: list[np.ndarray], batch:
     return time.perf_counter() - started
 
 
-def _clients_process(
-    target: str, sc: Scenario, shares: list[list[list[np.ndarray]]], barrier: Any, done: Any
-) -> None:
-    """The callers, in a process of their own: one thread and one channel per client, each
-    sending its requests one after another (a closed loop, like a student job)."""
-    try:
-        clients = [TeacherClient(target, timeout=600) for _ in shares]
-        for client in clients:
-            client.info()  # connect before the clock starts
+def _play_clients(target: str, sc: Scenario, shares: list[list[list[np.ndarray]]]) -> float:
+    """Seconds for one thread per share, each with its own channel, to send its requests one
+    after another (a closed loop, like a student job)."""
+    clients = [TeacherClient(target, timeout=600) for _ in shares]
+    for client in clients:
+        client.info()  # connect before the clock starts
 
-        def work(client: TeacherClient, share: list[list[np.ndarray]]) -> None:
-            for request in share:
-                client.score(request, sc.start, top_k=sc.top_k)
+    def work(client: TeacherClient, share: list[list[np.ndarray]]) -> None:
+        for request in share:
+            client.score(request, sc.start, top_k=sc.top_k)
 
-        with ThreadPoolExecutor(len(shares)) as pool:
-            barrier.wait()
-            list(pool.map(work, clients, shares))
-        done.put(None)
-    except Exception as exc:  # reported to the parent, which raises it
-        done.put(f"{type(exc).__name__}: {exc}")
-
-
-def run_service(target: str, sc: Scenario, seqs: list[np.ndarray], clients: int) -> float:
-    """Seconds for `clients` concurrent clients to score every request (split round-robin).
-
-    The clients live in another process, as student jobs do, so their Python work does not
-    compete with the server for this process's GIL.
-    """
-    reqs = requests_of(sc, seqs)
-    ctx = mp.get_context("spawn")
-    barrier, done = ctx.Barrier(2), ctx.Queue()
-    shares = [reqs[c::clients] for c in range(clients)]
-    proc = ctx.Process(target=_clients_process, args=(target, sc, shares, barrier, done))
-    proc.start()
-    barrier.wait(timeout=300)
-    started = time.perf_counter()
-    error = done.get(timeout=3600)
-    seconds = time.perf_counter() - started
-    proc.join()
-    if error:
-        raise RuntimeError(f"client failed: {error}")
+    with ThreadPoolExecutor(len(shares)) as pool:
+        started = time.perf_counter()
+        list(pool.map(work, clients, shares))
+        seconds = time.perf_counter() - started
+    for client in clients:
+        client.close()
     return seconds
+
+
+def _client_process_main(inbox: Any, outbox: Any) -> None:
+    while (job := inbox.get()) is not None:
+        try:
+            outbox.put(_play_clients(*job))
+        except Exception as exc:  # reported to the parent, which raises it
+            outbox.put(f"{type(exc).__name__}: {exc}")
+
+
+class ClientProcess:
+    """The callers live in another process, as student jobs do, so their Python work does not
+    compete with the server for the GIL of the process that runs the model."""
+
+    def __init__(self) -> None:
+        ctx = mp.get_context("spawn")
+        self._inbox, self._outbox = ctx.Queue(), ctx.Queue()
+        self._proc = ctx.Process(target=_client_process_main, args=(self._inbox, self._outbox))
+        self._proc.start()
+
+    def run(self, target: str, sc: Scenario, seqs: list[np.ndarray], clients: int) -> float:
+        """Seconds for `clients` concurrent clients to score every request (round-robin)."""
+        reqs = requests_of(sc, seqs)
+        self._inbox.put((target, sc, [reqs[c::clients] for c in range(clients)]))
+        result = self._outbox.get(timeout=3600)
+        if isinstance(result, str):
+            raise RuntimeError(f"client failed: {result}")
+        return result
+
+    def close(self) -> None:
+        self._inbox.put(None)
+        self._proc.join(timeout=30)
 
 
 def wire_bytes(target: str, sc: Scenario, seqs: list[np.ndarray]) -> dict[str, float]:
@@ -155,6 +165,8 @@ def wire_bytes(target: str, sc: Scenario, seqs: list[np.ndarray]) -> dict[str, f
 
 
 def server_config(model_dir: Path, sc: Scenario, **overrides: Any) -> ServerConfig:
+    from teacher.config import ServerConfig
+
     values: dict[str, Any] = {
         "model": str(model_dir), "host": "127.0.0.1", "port": 0, "http_port": 0,
         "max_batch_tokens": sc.max_batch_tokens, "max_delay_ms": sc.max_delay_ms,
@@ -163,7 +175,11 @@ def server_config(model_dir: Path, sc: Scenario, **overrides: Any) -> ServerConf
     return ServerConfig(**{**values, **overrides})
 
 
-def run_scenario(sc: Scenario, workdir: Path) -> dict[str, object]:
+def run_scenario(sc: Scenario, workdir: Path, callers: ClientProcess) -> dict[str, object]:
+    from teacher.backends import load_backend
+    from teacher.server import start_server
+    from teacher.tiny_models import PRESETS, build_tiny_model
+
     model_dir = build_tiny_model(workdir / sc.name, "llama", seed=0, **PRESETS[sc.preset])
     backend = load_backend("hf", model_path=str(model_dir), dtype="float32")
     backend.warmup()
@@ -176,11 +192,11 @@ def run_scenario(sc: Scenario, workdir: Path) -> dict[str, object]:
     }
     # The naive service: no batching delay, one request at a time.
     with start_server(server_config(model_dir, sc, max_delay_ms=0.0), backend=backend) as naive:
-        seconds["naive_one_at_a_time"] = run_service(naive.target, sc, seqs, 1)
+        seconds["naive_one_at_a_time"] = callers.run(naive.target, sc, seqs, 1)
     with start_server(server_config(model_dir, sc), backend=backend) as handle:
-        run_service(handle.target, sc, seqs[: sc.seqs_per_request * 16], 8)  # warm paths
-        seconds["service_1"] = run_service(handle.target, sc, seqs, 1)
-        seconds["service_8"] = run_service(handle.target, sc, seqs, 8)
+        callers.run(handle.target, sc, seqs[: sc.seqs_per_request * 16], 8)  # warm paths
+        seconds["service_1"] = callers.run(handle.target, sc, seqs, 1)
+        seconds["service_8"] = callers.run(handle.target, sc, seqs, 8)
         wire = wire_bytes(handle.target, sc, seqs)
     tokens = scored_tokens(sc)
     rate = {name: tokens / s for name, s in seconds.items()}
@@ -223,16 +239,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="JSON path [benchmarks/results/...]")
     parser.add_argument("--only", choices=["long", "short"], help="run one scenario")
     args = parser.parse_args(argv)
+    import torch
+
     torch.set_num_threads(args.threads)
     out = args.out or RESULTS / ("teacher_throughput_quick.json" if args.quick else
                                  "teacher_throughput.json")  # fmt: skip
     results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for sc in scenarios(args.quick):
-            if args.only and sc.name != args.only:
-                continue
-            results[sc.name] = run_scenario(sc, Path(tmp))
-            report(sc.name, results[sc.name])
+    callers = ClientProcess()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for sc in scenarios(args.quick):
+                if args.only and sc.name != args.only:
+                    continue
+                results[sc.name] = run_scenario(sc, Path(tmp), callers)
+                report(sc.name, results[sc.name])
+    finally:
+        callers.close()
     payload = {
         "quick": args.quick,
         "torch_threads": args.threads,

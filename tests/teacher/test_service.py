@@ -161,6 +161,7 @@ def test_health_readyz_info_and_metrics(llama_server, client) -> None:
 
 
 BAD = [
+    ({"sequences": [], "starts": 1}, "INVALID_ARGUMENT", ["items", "empty batch"]),
     ({"sequences": [[]], "starts": 1}, "INVALID_ARGUMENT", ["items[0].ids", "empty"]),
     ({"sequences": [[1, 2], [1, 99999]], "starts": 1}, "INVALID_ARGUMENT", ["items[1].ids[1]"]),
     ({"sequences": [[1, 2, 3]], "starts": 0}, "INVALID_ARGUMENT", ["items[0].start = 0"]),
@@ -170,6 +171,11 @@ BAD = [
         {"sequences": [[1, 2, 3]], "starts": 1, "candidates": [np.ones((1, 2), np.int32)]},
         "INVALID_ARGUMENT",
         ["items[0].candidates", "expected [2, C]"],
+    ),
+    (
+        {"sequences": [[1, 2, 3]], "starts": 1, "candidates": [[[1], [77777]]]},
+        "INVALID_ARGUMENT",
+        ["items[0].candidates[1, 0] = 77777", "outside the vocabulary"],
     ),
     ({"sequences": [[1] * 600], "starts": 1}, "INVALID_ARGUMENT", ["max_sequence_length = 512"]),
     (
@@ -207,6 +213,8 @@ def test_bad_score_input_gets_status_and_server_keeps_serving(
         ({"max_new_tokens": 4, "top_p": 0.0}, ["top_p = 0.0"]),
         ({"max_new_tokens": 4, "top_p": 1.5}, ["top_p = 1.5"]),
         ({"max_new_tokens": 64, "prompts": [[1] * 460]}, ["460 + max_new_tokens 64", "512"]),
+        ({"max_new_tokens": 4, "prompts": []}, ["prompts", "empty batch"]),
+        ({"max_new_tokens": 4, "prompts": [[1, 2], [3, 88888]]}, ["prompts[1][1] = 88888"]),
     ],
 )
 def test_bad_generate_input(client, kwargs, words) -> None:
@@ -240,3 +248,19 @@ def test_async_client_matches_sync(llama_server, client) -> None:
         np.testing.assert_allclose(row.logprobs, expected.logprobs, atol=1e-5)
         np.testing.assert_array_equal(row.topk_ids, expected.topk_ids)
     assert len(drafts[0].ids) == 5
+
+
+def test_unsupported_logprob_dtype_over_the_wire(llama_server, client) -> None:
+    from teacher import wire
+    from tropd.teacher.v1 import teacher_pb2 as pb
+    from tropd.teacher.v1 import teacher_pb2_grpc as pb_grpc
+
+    item = pb.ScoreItem(ids=wire.to_tensor(np.array([1, 2, 3], np.int32)), start=1)
+    with grpc.insecure_channel(llama_server.target) as channel:
+        stub = pb_grpc.TeacherStub(channel)
+        for dtype in (pb.DTYPE_INT32, 42):
+            with pytest.raises(grpc.RpcError) as exc:
+                stub.Score(pb.ScoreRequest(items=[item], logprob_dtype=dtype), timeout=10)
+            assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "logprob_dtype" in exc.value.details()
+    assert client.score([[1, 2, 3]], 1)[0].logprobs.dtype == np.float32
