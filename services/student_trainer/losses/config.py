@@ -1,7 +1,8 @@
 """`LossConfig`: which loss the trainer optimises and its knobs (DESIGN §3).
 
 Data only: the defaults live here and nowhere else; the loss functions read them, the trainer
-reads `method`/`outlier`/`topk` to decide what to ask the teacher for (see `registry`).
+reads `method`/`outlier`/`outlier_weighting`/`topk` to decide what to ask the teacher for (see
+`registry`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Method = Literal["opd", "tropd", "clip", "mask", "fkl_topk", "jsd", "eopd", "entropy_top20", "sft"]
 Outlier = Literal["topk_fkl", "topk_fkl_reward", "mask", "clip"]
+OutlierWeighting = Literal["none", "surprise", "support", "prefix_gate"]
 
 
 class LossConfig(BaseModel):
@@ -31,6 +33,24 @@ class LossConfig(BaseModel):
     outlier: Outlier = "topk_fkl"
     """TrOPD only: what outlier tokens (trust test failed) contribute. `topk_fkl` is the
     paper's final choice and won the prototype benchmark (DESIGN §4), hence the default."""
+
+    outlier_weighting: OutlierWeighting = "none"
+    """TrOPD only (other methods ignore it): the per-token weight `w_t` in [0, 1] on the outlier
+    term, `loss_t = M_t*OPD_t + (1 - M_t)*w_t*outlier_t` (issue 8; `outlier_weights` defines the
+    rules). `none` is plain TrOPD (w_t = 1); `surprise` and `prefix_gate` discount a teacher that
+    the row's earlier tokens already surprised; `support` needs the teacher's top-k."""
+
+    surprise_c: float = Field(default=2.0, ge=0.0)
+    """`surprise`: nats of teacher surprise per token that count as ordinary; only the excess
+    `max(0, -lp_T - c)` accumulates. Issue 8's prototype value."""
+
+    surprise_s0: float = Field(default=4.0, gt=0.0)
+    """`surprise`: the scale of `w_t = exp(-S_t / s0)` in nats of accumulated excess surprise.
+    Issue 8's prototype value."""
+
+    prefix_gate_threshold: float = Field(default=-5.0, lt=0.0)
+    """`prefix_gate`: w_t = 0 once an earlier token of the row had `lp_T` below this (nats). Issue
+    8's value, the same -5 as `tau`; a log-prob is <= 0, so a threshold >= 0 would gate all."""
 
     topk: int = Field(default=64, ge=1)
     """How many teacher top-k candidates to request for the top-k forward-KL terms. The losses use
