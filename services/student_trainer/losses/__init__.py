@@ -7,10 +7,11 @@ metrics with `merge_metrics` / `summarize_metrics`. DESIGN §3 defines every met
 """
 
 from .aggregate import count_nonfinite, grads_finite, loss_finite, merge_metrics, summarize_metrics
-from .config import LossConfig, Method, Outlier
+from .config import LossConfig, Method, Outlier, OutlierWeighting
 from .guidance import guidance_alpha, guidance_prefix_len
 from .inputs import LossInputError, LossInputs, trained_token_count
 from .opd import entropy_top_threshold
+from .outlier_weights import outlier_rule_weights
 from .registry import (
     LOSSES,
     LossFn,
@@ -32,6 +33,7 @@ __all__ = [
     "LossInputs",
     "Method",
     "Outlier",
+    "OutlierWeighting",
     "compute_loss",
     "count_nonfinite",
     "entropy_top_threshold",
@@ -45,6 +47,7 @@ __all__ = [
     "needs_teacher_scores",
     "needs_topk",
     "needs_trust_uniform",
+    "outlier_rule_weights",
     "summarize_metrics",
     "trained_token_count",
     "trust_region_mask",

@@ -36,7 +36,8 @@ class LossInputs:
     behavior_logprobs_B_T: Tensor | None = None
     """log pi_S(x_t) recorded at rollout time (treated as a constant)."""
     teacher_logprobs_B_T: Tensor | None = None
-    """log pi_T(x_t) from the teacher (constant)."""
+    """log pi_T(x_t) from the teacher (constant). Read on response tokens, and also on guidance-
+    prefix tokens by TrOPD's `surprise` and `prefix_gate` outlier weightings."""
     teacher_topk_ids_B_T_K: Tensor | None = None
     """Integer ids of the teacher's top-k at each position, sorted by log-prob, descending."""
     teacher_topk_logprobs_B_T_K: Tensor | None = None
@@ -53,7 +54,8 @@ class LossInputs:
     prefix_mask_B_T: Tensor | None = None
     """bool: teacher-written guidance-prefix tokens (off-policy); None means none."""
     outlier_weight_B_T: Tensor | None = None
-    """TrOPD: per-token weight in [0, 1] on the outlier term (constant); None means 1."""
+    """TrOPD: per-token weight in [0, 1] on the outlier term (constant); None means 1. It
+    multiplies the weight of `LossConfig.outlier_weighting`'s rule when one is on."""
     student_entropy_threshold: float | None = None
     """`entropy_top20`: the step-wide entropy cut from `entropy_top_threshold` over all
     micro-batches of the step; None means the cut is taken over this micro-batch alone."""

@@ -46,7 +46,8 @@ def compute_loss(
 def needs_topk(cfg: LossConfig) -> bool:
     """Whether the loss reads the teacher's top-k (ids and log-probs) and the student's at them."""
     if cfg.method == "tropd":
-        return cfg.outlier in ("topk_fkl", "topk_fkl_reward")
+        # `support` reads the teacher's top-1 and the student's log-prob of it, whatever the mode.
+        return cfg.outlier in ("topk_fkl", "topk_fkl_reward") or cfg.outlier_weighting == "support"
     return cfg.method in ("fkl_topk", "jsd", "eopd")
 
 
@@ -88,8 +89,11 @@ def unmet_teacher_needs(cfg: LossConfig, *, has_topk: bool, has_entropy: bool) -
     if not missing:
         return None
     loss = cfg.method if cfg.method != "tropd" else f"tropd with outlier={cfg.outlier!r}"
+    if cfg.method == "tropd" and cfg.outlier_weighting != "none":
+        loss += f" and outlier_weighting={cfg.outlier_weighting!r}"
     return (
         f"loss {loss} needs the teacher's {' and '.join(missing)}, which this teacher backend "
         "does not provide; use a backend that does (e.g. hf), or a loss that needs only "
-        "sampled-token log-probs (opd, clip, mask, tropd with outlier='mask' or 'clip')"
+        "sampled-token log-probs (opd, clip, mask, tropd with outlier='mask' or 'clip' and "
+        "outlier_weighting other than 'support')"
     )

@@ -3,7 +3,9 @@
 Trust test, no threshold hyperparameter: `p_trust = min(1, exp(lp_T - lp_S_old))` is the
 speculative-decoding acceptance probability, and `M_t = u_t < p_trust` with `u_t` the loop's seeded
 uniform draw, so the loss stays a pure, reproducible function. Trusted tokens get the OPD term with
-weight 1 and no clipping; outliers get what `cfg.outlier` says, times an optional constant weight.
+weight 1 and no clipping; outliers get what `cfg.outlier` says, times a constant weight `w_t` in
+[0, 1]: the rule `cfg.outlier_weighting` picks (`outlier_weights`), times the caller's
+`outlier_weight_B_T` when one is given; 1 when neither is.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from torch import Tensor
 
 from .config import LossConfig
 from .inputs import LossInputError, LossInputs, require
+from .outlier_weights import outlier_rule_weights
 from .reduce import finish
 from .terms import (
     masked,
@@ -46,7 +49,8 @@ def tropd_loss(
 ) -> tuple[Tensor, dict[str, float]]:
     """TrOPD: OPD on trust-region tokens plus the configured outlier term on the others.
 
-    Outlier term by `cfg.outlier` (w_t = `outlier_weight_B_T`, 1 when None):
+    Outlier term by `cfg.outlier`, with `w_t` = the `cfg.outlier_weighting` rule's weight times
+    `outlier_weight_B_T` (each 1 when absent; both are constants):
       * `topk_fkl`: `w_t * sum_{v in TopK} p_hat_T(v) (log p_hat_T(v) - log pi_S(v))`, gradient
         through the student's top-k log-probs;
       * `topk_fkl_reward`: the same FKL_t without gradient, as advantage `A_t = -FKL_t` in the
@@ -56,11 +60,13 @@ def tropd_loss(
 
     Args:
         inputs: teacher and behavior log-probs, `trust_uniform_B_T`; the top-k fields for the
-            top-k modes (also used, without gradient, for outlier metrics whenever present).
-        cfg: supplies `outlier`, `tau`, `beta_guidance`.
+            top-k modes and the `support` rule (also used, without gradient, for outlier metrics
+            whenever present).
+        cfg: supplies `outlier`, `outlier_weighting` and its constants, `tau`, `beta_guidance`.
         normalizer: trained tokens of the whole optimizer step.
     Returns:
-        `(loss, metrics)`; terms `pg` (trust region) and `outlier`.
+        `(loss, metrics)`; terms `pg` (trust region) and `outlier`; `outlier_weight_sum/_count`
+        (mean w_t over outlier tokens) whenever a rule is on or a weight is given.
     """
     response_B_T = inputs.response_mask_B_T
     reward_B_T = reward(inputs, response_B_T, "tropd")
@@ -70,11 +76,15 @@ def tropd_loss(
     if cfg.outlier in _TOPK_MODES or inputs.teacher_topk_logprobs_B_T_K is not None:
         fkl_B_T = topk_forward_kl(inputs, outlier_B_T, "tropd")
     outlier_loss_B_T = _outlier_token_loss(inputs, cfg, reward_B_T, outlier_B_T, fkl_B_T)
+    weight_B_T = _outlier_weight(inputs, cfg, outlier_B_T)
     terms = {
         "pg": pg_token_loss(reward_B_T, inputs, trust_B_T),
-        "outlier": _weighted(_outlier_weight(inputs, outlier_B_T), outlier_loss_B_T),
+        "outlier": _weighted(weight_B_T, outlier_loss_B_T),
     }
     stats = _tropd_stats(inputs, reward_B_T, trust_B_T, outlier_B_T, fkl_B_T)
+    if cfg.outlier_weighting != "none" or inputs.outlier_weight_B_T is not None:
+        # Near 0: the run has quietly become TrOPD with outlier=mask; near 1: plain TrOPD.
+        stats |= mean_stat("outlier_weight", weight_B_T, outlier_B_T)
     return finish(terms, stats, inputs, cfg, normalizer)
 
 
@@ -95,20 +105,24 @@ def _outlier_token_loss(
 
 
 def _weighted(weight_B_T: Tensor, term_B_T: Tensor) -> Tensor:
-    """`weight * term`, exactly 0 where the weight is 0 (even if the term is inf there)."""
-    return torch.where(weight_B_T > 0.0, weight_B_T * term_B_T, 0.0)
+    """`weight * term`, exactly 0 where the weight is 0 (even if the term is inf there); a nan
+    weight (a rule fed a nan teacher log-prob) stays nan, so the loop skips the step."""
+    return torch.where(weight_B_T == 0.0, 0.0, weight_B_T * term_B_T)
 
 
-def _outlier_weight(inputs: LossInputs, outlier_B_T: Tensor) -> Tensor:
-    """The per-token outlier weight as a constant, 0 off outliers; 1 on outliers when None."""
+def _outlier_weight(inputs: LossInputs, cfg: LossConfig, outlier_B_T: Tensor) -> Tensor:
+    """w_t as a constant, 0 off outliers: the rule's weight times the caller's, each 1 when
+    absent. The caller's weight is checked; a rule's is in [0, 1] by construction."""
+    rule_B_T = outlier_rule_weights(inputs, cfg)
+    weight_B_T = outlier_B_T.float() if rule_B_T is None else masked(rule_B_T, outlier_B_T)
     if inputs.outlier_weight_B_T is None:
-        return outlier_B_T.float()
-    weight_B_T = masked(inputs.outlier_weight_B_T.detach(), outlier_B_T)
-    in_range_B_T = (weight_B_T >= 0.0) & (weight_B_T <= 1.0)
+        return weight_B_T
+    given_B_T = masked(inputs.outlier_weight_B_T.detach(), outlier_B_T)
+    in_range_B_T = (given_B_T >= 0.0) & (given_B_T <= 1.0)
     if not bool(in_range_B_T.all()):
-        bad = weight_B_T[~in_range_B_T][0].item()
+        bad = given_B_T[~in_range_B_T][0].item()
         raise LossInputError(f"outlier_weight_B_T must lie in [0, 1] at outlier tokens; got {bad}")
-    return weight_B_T
+    return weight_B_T * given_B_T
 
 
 def _tropd_stats(
@@ -127,6 +141,4 @@ def _tropd_stats(
         stats |= mean_stat("outlier_teacher_top1_prob", top1_B_T, outlier_B_T)
     if inputs.teacher_entropy_B_T is not None:
         stats |= mean_stat("outlier_teacher_entropy", inputs.teacher_entropy_B_T, outlier_B_T)
-    if inputs.outlier_weight_B_T is not None:
-        stats |= mean_stat("outlier_weight", inputs.outlier_weight_B_T, outlier_B_T)
     return stats
