@@ -96,7 +96,9 @@ class TeacherClient(ClientBase):
         """A client for TEACHER_TARGET, with TEACHER_TOKEN when set; kwargs go to __init__."""
         return cls(**cls._env_kwargs(environ), **kwargs)
 
-    def _call(self, name: str, method: Callable[..., Any], request: Any, timeout: float | None):
+    def _call(
+        self, name: str, method: Callable[..., Any], request: Any, timeout: float | None
+    ) -> Any:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         attempt = 0
         while True:
@@ -112,8 +114,8 @@ class TeacherClient(ClientBase):
 
     def info(self, timeout: float | None = None) -> TeacherInfo:
         """What the teacher serves: model, tokenizer fingerprint, limits, capabilities."""
-        message = self._call("GetModelInfo", self._stub.GetModelInfo, pb.GetModelInfoRequest(),
-                             timeout)  # fmt: skip
+        request = pb.GetModelInfoRequest()
+        message = self._call("GetModelInfo", self._stub.GetModelInfo, request, timeout)
         return parse_info(message)
 
     def check_tokenizer(self, fingerprint: TokenizerFingerprint) -> TeacherInfo:
@@ -240,7 +242,7 @@ class AsyncTeacherClient(ClientBase):
 
     async def _call(
         self, name: str, method: Callable[..., Any], request: Any, timeout: float | None
-    ):
+    ) -> Any:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         attempt = 0
         while True:

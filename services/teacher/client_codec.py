@@ -22,7 +22,7 @@ from teacher.fingerprint import TokenizerFingerprint
 
 RETRY_AFTER_KEY = "retry-after-ms"  # trailing metadata set by the server (teacher.errors)
 EXTRAS = ("logsumexp", "entropy", "rank")
-_DTYPES = {"float32": pb.DTYPE_FLOAT32, "float16": pb.DTYPE_FLOAT16}
+_DTYPES: dict[str, pb.DType] = {"float32": pb.DTYPE_FLOAT32, "float16": pb.DTYPE_FLOAT16}
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
@@ -119,7 +119,7 @@ def _ids_tensor(ids: Any) -> pb.Tensor:
     return wire.to_tensor(array, np.int32)
 
 
-def _logprob_dtype(name: str) -> int:
+def _logprob_dtype(name: str) -> pb.DType:
     if name not in _DTYPES:
         raise ValueError(f"logprob_dtype {name!r}: use one of {sorted(_DTYPES)}")
     return _DTYPES[name]
@@ -146,8 +146,9 @@ def build_score_request(
     items = []
     for i, ids in enumerate(sequences):
         item = pb.ScoreItem(ids=_ids_tensor(ids), start=starts_n[i], end=ends_n[i])
-        if candidates is not None and candidates[i] is not None:
-            item.candidates.CopyFrom(wire.to_tensor(candidates[i], np.int32))
+        cands = None if candidates is None else candidates[i]
+        if cands is not None:
+            item.candidates.CopyFrom(wire.to_tensor(cands, np.int32))
         items.append(item)
     return pb.ScoreRequest(
         items=items,

@@ -16,7 +16,8 @@ import asyncio
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -31,6 +32,9 @@ from teacher.metrics import TeacherMetrics
 from teacher.scheduler import MonotonicClock, Scheduler, SchedulerConfig
 from teacher.servicer import TeacherServicer
 from teacher.state import ServerState
+
+if TYPE_CHECKING:
+    import uvicorn
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,7 @@ class TeacherServer:
         self._servicer: TeacherServicer | None = None
         self._health = health.aio.HealthServicer()
         self._grpc: grpc.aio.Server | None = None
-        self._http = None
+        self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
 
     @property
@@ -177,6 +181,7 @@ class ServerHandle:
     server: TeacherServer
     loop: asyncio.AbstractEventLoop
     thread: threading.Thread
+    _stopped: bool = field(default=False, repr=False)
 
     @property
     def grpc_port(self) -> int:
@@ -197,6 +202,9 @@ class ServerHandle:
 
     def stop(self, grace_s: float | None = None) -> bool:
         """Drain and stop the server, then end its thread. Returns True when fully drained."""
+        if self._stopped:
+            return True
+        self._stopped = True
         drained = asyncio.run_coroutine_threadsafe(self.server.stop(grace_s), self.loop).result()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=30)

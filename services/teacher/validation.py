@@ -19,7 +19,7 @@ from teacher.backends.base import Capabilities, GenerateTask, ScoreTask
 from teacher.errors import InvalidArgument, ResourceExhausted, Unimplemented
 
 # Log-prob dtypes a client may ask for; UNSPECIFIED means float32 (see the proto).
-_LOGPROB_DTYPES = {
+_LOGPROB_DTYPES: dict[int, np.dtype] = {
     pb.DTYPE_UNSPECIFIED: np.dtype(np.float32),
     pb.DTYPE_FLOAT32: np.dtype(np.float32),
     pb.DTYPE_FLOAT16: np.dtype(np.float16),
