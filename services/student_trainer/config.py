@@ -78,6 +78,7 @@ class TrainConfig(_Frozen):
     run_dir: str = "runs/default"
     resume: bool = True
     status_port: int | None = Field(0, ge=0, description="HTTP status port; 0 = any, null = off")
+    status_host: str = Field("127.0.0.1", description="status bind address; 0.0.0.0 in containers")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's")
     progress: bool = True
     tensorboard: bool = True

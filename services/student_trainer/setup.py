@@ -183,7 +183,7 @@ def open_session(cfg: RunConfig) -> Session:
     status = TrainerStatus(run_name=cfg.name, run_dir=str(run_dir), total_steps=cfg.train.steps)
     server = None
     if cfg.train.status_port is not None:
-        server = StatusServer(status, port=cfg.train.status_port)
+        server = StatusServer(status, host=cfg.train.status_host, port=cfg.train.status_port)
         server.start()
         log.info("status: http://127.0.0.1:%d/v1/status", server.port)
     return Session(
