@@ -58,10 +58,18 @@ def sample_completions(
     Returns:
         len(contexts) * samples_per_context completions, truncated after the first eos.
     """
+    ids_B_L, mask_B_L = _left_pad(contexts, pad_id)
+    # Never run past the model's position table (padded width counts).
+    room = _max_positions(model) - ids_B_L.shape[1]
+    if room < 1:
+        raise ValueError(
+            f"contexts of {ids_B_L.shape[1]} tokens leave no room in the model's "
+            f"{_max_positions(model)} positions"
+        )
+    max_new_tokens = min(max_new_tokens, room)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    ids_B_L, mask_B_L = _left_pad(contexts, pad_id)
     sampling = {} if greedy else {"temperature": temperature, "top_k": 0, "top_p": 1.0}
     out = model.generate(
         input_ids=ids_B_L.to(device),
@@ -83,6 +91,15 @@ def sample_completions(
     return _truncate_at_eos(
         new_B_N.cpu(), logprobs_B_N.squeeze(-1).cpu(), samples_per_context, eos_id
     )
+
+
+def _max_positions(model: PreTrainedModel) -> int:
+    config = model.config
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 1 << 30
 
 
 def _truncate_at_eos(

@@ -78,11 +78,12 @@ def _on_policy_sequences(
             draft = strip_eos(draft, s.eos_id)
             prefixes[i] = draft[: guidance_prefix_len(step, cfg.train.steps, int(draft.size))]
     contexts = [list(p) + prefix.tolist() for p, prefix in zip(prompts, prefixes, strict=True)]
+    # A response (prefix + continuation) gets the same token budget as an unguided one.
     completions = sample_completions(
         s.model,
         contexts,
         cfg.rollout.samples_per_prompt,
-        s.max_new_tokens,
+        s.max_new_tokens - min(int(p.size) for p in prefixes),
         s.eos_id,
         s.pad_id,
         temperature=cfg.rollout.temperature,
@@ -90,7 +91,7 @@ def _on_policy_sequences(
     sequences = []
     for c in completions:
         prefix = prefixes[c.context_index]
-        response = np.concatenate([prefix, c.ids])
+        response = np.concatenate([prefix, c.ids])[: s.max_new_tokens]
         text = s.tokenizer.decode(response.tolist(), skip_special_tokens=True)
         sequences.append(
             TrainSequence(
@@ -100,7 +101,7 @@ def _on_policy_sequences(
                 prefix_len=int(prefix.size),
                 behavior_logprobs=np.concatenate(
                     [np.full(prefix.size, np.nan, np.float32), c.behavior_logprobs]
-                ),
+                )[: response.size],
                 correct=s.task.verify(examples[c.context_index], text),
             )
         )
