@@ -12,7 +12,16 @@ import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from teacher.backends import BACKENDS
 
 ENV_PREFIX = "TEACHER_"
 
@@ -62,6 +71,13 @@ class ServerConfig(BaseModel):
     max_message_bytes: int = Field(
         512 * 1024 * 1024, ge=1024, description="largest gRPC message sent or received"
     )
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, name: str) -> str:
+        if name not in BACKENDS:
+            raise ValueError(f"unknown backend; known: {', '.join(sorted(BACKENDS))}")
+        return name
 
     @model_validator(mode="after")
     def _request_fits_queue(self) -> ServerConfig:

@@ -175,6 +175,7 @@ def test_config_env_then_flags() -> None:
         ({"TEACHER_MODEL": "m", "TEACHER_PORT": "abc"}, {}, ["port", "'abc'", "TEACHER_PORT"]),
         ({"TEACHER_MODEL": "m"}, {"max_batch_tokens": "0"}, ["max_batch_tokens", "--max-batch"]),
         ({"TEACHER_MODEL": "m"}, {"dtype": "int8"}, ["dtype", "'int8'"]),
+        ({"TEACHER_MODEL": "m", "TEACHER_BACKEND": "nope"}, {}, ["unknown backend", "hf"]),
         ({"TEACHER_MODEL": "m"}, {"max_request_tokens": 10, "max_queue_tokens": 5}, ["never"]),
     ],
 )
