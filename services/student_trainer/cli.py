@@ -19,7 +19,8 @@ import logging
 import sys
 from dataclasses import asdict
 
-from student_trainer.config import ConfigError, dump_config, load_config
+from student_trainer.config import dump_config, load_config
+from student_trainer.errors import TrainerError, TrainingAborted
 
 log = logging.getLogger("student_trainer")
 
@@ -32,19 +33,11 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from student_trainer.loop import TrainingAborted, train
-    from student_trainer.setup import SetupError
+    from student_trainer.loop import train
 
     cfg = load_config(args.config, args.overrides)
     print(dump_config(cfg), file=sys.stderr)
-    try:
-        result = train(cfg)
-    except SetupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except TrainingAborted as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    result = train(cfg)
     summary = {k: v for k, v in asdict(result).items() if k != "grad_norms"}
     print(json.dumps(summary, default=str))
     return 0
@@ -57,14 +50,10 @@ def _cmd_print_config(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from student_trainer.evaluate import evaluate_student
-    from student_trainer.setup import SetupError, load_student, task_from_config
+    from student_trainer.setup import load_student, task_from_config
 
     cfg = load_config(args.config, [*args.overrides, f"student.path={args.model}"])
-    try:
-        model, tokenizer = load_student(cfg)
-    except (SetupError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    model, tokenizer = load_student(cfg)
     task = task_from_config(cfg.task)
     examples = list(task.eval_examples())[: cfg.task.eval_size]
     result = evaluate_student(model, tokenizer, task, examples)
@@ -168,9 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.fn(args))
-    except ConfigError as exc:
+    except TrainerError as exc:  # bad input: config, paths, tokenizer, capabilities
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrainingAborted as exc:  # the teacher was lost mid-run; a checkpoint was written
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -12,11 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from student_trainer.errors import ConfigError
 from student_trainer.losses.config import LossConfig
-
-
-class ConfigError(ValueError):
-    """A config file or override is wrong; the message names the key and what is allowed."""
 
 
 class _Frozen(BaseModel):

@@ -15,10 +15,11 @@ import numpy as np
 from teacher.client import TeacherClient
 from transformers import PreTrainedTokenizerBase
 
+from student_trainer.errors import SetupError
 from student_trainer.tasks.base import Example
 
 
-class DraftFileError(ValueError):
+class DraftFileError(SetupError):
     """The drafts file is missing, malformed, or lacks a prompt the trainer asked for."""
 
 

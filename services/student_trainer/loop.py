@@ -28,6 +28,7 @@ from student_trainer.checkpoint import (
     step_dir_name,
 )
 from student_trainer.config import RunConfig, dump_config
+from student_trainer.errors import TrainingAborted
 from student_trainer.evaluate import evaluate_student
 from student_trainer.plots import plot_run
 from student_trainer.run_log import RunLogger
@@ -35,10 +36,6 @@ from student_trainer.setup import Session, open_session
 from student_trainer.update import apply_update
 
 log = logging.getLogger(__name__)
-
-
-class TrainingAborted(RuntimeError):
-    """Training stopped for a reason the user must act on (the message says which)."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from transformers import (
 )
 
 from student_trainer.config import RunConfig, TaskConfig
+from student_trainer.errors import SetupError
 from student_trainer.guidance import load_drafts
 from student_trainer.losses import needs_teacher_entropy, needs_topk
 from student_trainer.status_server import StatusServer, TrainerStatus
@@ -36,10 +37,6 @@ from student_trainer.world import builtin_world_dir
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class SetupError(RuntimeError):
-    """The run cannot start; the message says why and what to change."""
 
 
 @dataclass
@@ -82,8 +79,8 @@ def resolve_model_path(path: str) -> str:
                 f"built-in model {path!r} not found at {folder}; run `tropd-train build-world`"
             )
         return str(folder)
-    if "/" in path and not Path(path).exists() and path.startswith((".", "/")):
-        raise SetupError(f"student model folder {path} does not exist")
+    if path.startswith((".", "/", "~")) and not Path(path).expanduser().exists():
+        raise SetupError(f"model folder {path} does not exist")
     return path
 
 
@@ -116,10 +113,13 @@ def task_from_config(cfg: TaskConfig) -> Task:
 
 def load_student(cfg: RunConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     path = resolve_model_path(cfg.student.path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[cfg.student.dtype])
+    except (OSError, ValueError) as exc:
+        raise SetupError(f"cannot load the student from {path!r}: {exc}") from exc
     if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
         raise SetupError(f"student tokenizer at {path} needs both a pad and an eos token")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[cfg.student.dtype])
     return model.to(cfg.student.device), tokenizer
 
 
