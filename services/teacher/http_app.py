@@ -1,8 +1,8 @@
-"""The HTTP side port: liveness, readiness, Prometheus metrics and model info. No scoring.
+"""The HTTP side port: liveness, readiness, Prometheus metrics, model info, and TGI's API.
 
 Served by uvicorn on the server's own event loop (`start_http` returns a task), so /readyz and
-/metrics answer while a forward pass runs in the backend's worker thread. Scoring and
-generation are gRPC only, by design: this port is for orchestrators and scrapers.
+/metrics answer while a forward pass runs in the backend's worker thread. Students score over
+gRPC; the TGI-compatible routes (`teacher.tgi_api`) serve tools that speak TGI's HTTP API.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 
 from teacher.metrics import CONTENT_TYPE
 from teacher.state import ServerState
+from teacher.tgi_api import tgi_router
 
 
 def build_app(state: ServerState) -> FastAPI:
@@ -26,7 +27,8 @@ def build_app(state: ServerState) -> FastAPI:
     Args:
         state: readiness flags, model facts and metrics of the server.
     Returns:
-        An app with GET /livez, /readyz, /metrics and /v1/info.
+        An app with GET /livez, /readyz, /metrics and /v1/info, plus TGI's POST /,
+        /generate, /tokenize and GET /info.
     """
     app = FastAPI(title="tropd teacher", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -51,6 +53,7 @@ def build_app(state: ServerState) -> FastAPI:
             return JSONResponse({"status": "loading"}, status_code=503)
         return JSONResponse(state.info_dict())
 
+    app.include_router(tgi_router(state))
     return app
 
 
