@@ -196,8 +196,9 @@ class _Translator:
             ],
         }
         if p.decoder_input_details and prefill_rows is not None:
-            details["prefill"] = [{"id": int(ids[0]), "text": tok.token_text(int(ids[0])),
-                                   "logprob": None}] + [
+            details["prefill"] = [
+                {"id": int(ids[0]), "text": tok.token_text(int(ids[0])), "logprob": None}
+            ] + [
                 {"id": int(i), "text": tok.token_text(int(i)), "logprob": float(lp)}
                 for i, lp in zip(ids[1:], prefill_rows, strict=True)
             ]
