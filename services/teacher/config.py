@@ -68,6 +68,12 @@ class ServerConfig(BaseModel):
     drain_grace_s: float = Field(
         30.0, ge=0, description="on SIGTERM, how long in-flight work may take to finish"
     )
+    tgi_url: str | None = Field(
+        None, description="backend tgi: base URL of the TGI server (model = tokenizer folder)"
+    )
+    tgi_max_concurrency: int = Field(
+        8, ge=1, description="backend tgi: parallel requests to TGI (capped by TGI's own)"
+    )
     max_message_bytes: int = Field(
         512 * 1024 * 1024, ge=1024, description="largest gRPC message sent or received"
     )
@@ -78,6 +84,12 @@ class ServerConfig(BaseModel):
         if name not in BACKENDS:
             raise ValueError(f"unknown backend; known: {', '.join(sorted(BACKENDS))}")
         return name
+
+    @model_validator(mode="after")
+    def _tgi_needs_url(self) -> ServerConfig:
+        if self.backend == "tgi" and not self.tgi_url:
+            raise ValueError("backend tgi needs tgi_url (TEACHER_TGI_URL or --tgi-url)")
+        return self
 
     @model_validator(mode="after")
     def _request_fits_queue(self) -> ServerConfig:

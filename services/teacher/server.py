@@ -46,6 +46,13 @@ def _load_backend(config: ServerConfig) -> Backend:
     # Imported here: the registry pulls in torch/transformers only when a server starts.
     from teacher.backends import load_backend
 
+    if config.backend == "tgi":
+        return load_backend(
+            "tgi",
+            url=config.tgi_url,
+            model_path=config.model,
+            max_concurrency=config.tgi_max_concurrency,
+        )
     return load_backend(
         config.backend, model_path=config.model, device=config.device, dtype=config.dtype
     )

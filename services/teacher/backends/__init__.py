@@ -18,7 +18,14 @@ def _load_hf(**options: Any) -> Backend:
     return HFBackend(HFOptions(**options))
 
 
-BACKENDS: dict[str, Callable[..., Backend]] = {"hf": _load_hf}
+def _load_tgi(**options: Any) -> Backend:
+    # Needs the `tgi` extra (the text-generation client), never torch or transformers.
+    from teacher.backends.tgi import TGIBackend, TGIOptions
+
+    return TGIBackend(TGIOptions(**options))
+
+
+BACKENDS: dict[str, Callable[..., Backend]] = {"hf": _load_hf, "tgi": _load_tgi}
 
 
 def load_backend(name: str, **options: Any) -> Backend:
@@ -27,7 +34,8 @@ def load_backend(name: str, **options: Any) -> Backend:
     Args:
         name: a registry name, e.g. "hf".
         **options: that backend's options (for "hf": `teacher.backends.hf.HFOptions` fields,
-            e.g. model_path, device, dtype, chunk_size, max_sequence_length).
+            e.g. model_path, device, dtype, chunk_size, max_sequence_length; for "tgi":
+            `teacher.backends.tgi.TGIOptions`: url, model_path, max_concurrency, timeout_s).
     Returns:
         The loaded backend.
     Raises:
