@@ -38,8 +38,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     print(dump_config(cfg), file=sys.stderr)
     result = train(cfg)
-    summary = {k: v for k, v in asdict(result).items() if k != "grad_norms"}
-    print(json.dumps(summary, default=str))
+    print(json.dumps(asdict(result), default=str))
     return 0
 
 

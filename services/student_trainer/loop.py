@@ -44,7 +44,7 @@ class RunResult:
     steps_done: int
     accuracy_before: float | None  # student accuracy at step 0 (None when resumed past it)
     accuracy_after: float
-    grad_norms: tuple[float, ...]
+    plots: tuple[Path, ...]
     wall_s: float
     stopped_early: bool
 
@@ -106,62 +106,73 @@ def _evaluate(s: Session, step: int, logger: RunLogger) -> float:
     return result.accuracy
 
 
+def _resume(s: Session) -> tuple[int, np.random.Generator]:
+    """The step to start from and the prompt sampler, from the newest good checkpoint if any."""
+    data_rng = np.random.default_rng(s.cfg.train.seed)
+    latest = find_latest_checkpoint(s.run_dir) if s.cfg.train.resume else None
+    if latest is None:
+        torch.manual_seed(s.cfg.train.seed)  # rollouts sample from the global torch RNG
+        return 0, data_rng
+    state = load_checkpoint(latest, s.model, s.optimizer)  # restores the RNGs too
+    data_rng.bit_generator.state = state.data_state["numpy_bit_generator"]
+    log.info("resumed from %s (step %d)", latest, state.step)
+    return state.step, data_rng
+
+
+def _train_step(s: Session, step: int, data_rng: np.random.Generator) -> dict[str, float]:
+    """One optimizer step; returns its metrics."""
+    t_step = time.monotonic()
+    # 1-3. Prompts, guidance drafts, student rollouts and the teacher's grades.
+    batch = steps.collect(s, step, data_rng)
+    # 4. Micro-batched forward/backward, clip, AdamW (skipped when non-finite). The trust
+    # test's uniforms are seeded by step, so a resumed run draws the same ones.
+    trust_gen = torch.Generator().manual_seed(s.cfg.train.seed * 1_000_003 + step)
+    update = apply_update(
+        s.model, s.optimizer, batch.sequences, batch.scores, s.cfg.loss, s.cfg.optim,
+        trust_gen, s.pad_id,
+    )  # fmt: skip
+    return steps.step_metrics(batch, update, time.monotonic() - t_step)
+
+
 def train(cfg: RunConfig) -> RunResult:
     """Run (or resume) one training job to completion, a stop signal, or a teacher outage."""
     t0 = time.monotonic()
     s = open_session(cfg)  # models, task, teacher checks, optimizer, run dir, status server
-    run_dir = s.run_dir
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
-    data_rng = np.random.default_rng(cfg.train.seed)
-    start_step = 0
-    latest = find_latest_checkpoint(run_dir) if cfg.train.resume else None
-    if latest is not None:
-        state = load_checkpoint(latest, s.model, s.optimizer)
-        start_step = state.step
-        data_rng.bit_generator.state = state.data_state["numpy_bit_generator"]
-        log.info("resumed from %s (step %d)", latest, start_step)
-    else:
-        torch.manual_seed(cfg.train.seed)
-    logger = RunLogger(run_dir, tensorboard=cfg.train.tensorboard, resume_step=start_step)
-    stop = _StopFlag()
+    try:
+        return _run(s, t0)
+    finally:
+        s.close()
+
+
+def _run(s: Session, t0: float) -> RunResult:
+    cfg = s.cfg
+    (s.run_dir / "config.yaml").write_text(dump_config(cfg))
+    start_step, data_rng = _resume(s)
+    logger = RunLogger(s.run_dir, tensorboard=cfg.train.tensorboard, resume_step=start_step)
     accuracy_before = _evaluate(s, 0, logger) if start_step == 0 else None
     accuracy = accuracy_before if accuracy_before is not None else float("nan")
-    grad_norms: list[float] = []
-    step = start_step
+    step, evaluated = start_step, True
+    stop = _StopFlag()
     progress = steps.progress_bar(cfg, start_step)
+    s.status.set_state("training")
     try:
-        s.status.set_state("training")
         while step < cfg.train.steps and not stop.requested:
-            t_step = time.monotonic()
-            # 1-3. Prompts, guidance drafts, student rollouts (+ the teacher's grades).
-            batch = steps.collect(s, step, data_rng)
-            # 4. The update: micro-batched forward/backward, clip, AdamW (skipped if non-finite).
-            trust_gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
-            update = apply_update(
-                s.model,
-                s.optimizer,
-                batch.sequences,
-                batch.scores,
-                cfg.loss,
-                cfg.optim,
-                trust_gen,
-                s.pad_id,
-            )
+            metrics = _train_step(s, step, data_rng)
             step += 1
-            grad_norms.append(update.grad_norm)
-            metrics = steps.step_metrics(batch, update, time.monotonic() - t_step)
             logger.log(step, metrics)
             s.status.update_step(step, metrics)
             steps.advance(progress, metrics)
-            if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
+            evaluated = step % cfg.train.eval_every == 0 or step == cfg.train.steps
+            if evaluated:
                 accuracy = _evaluate(s, step, logger)
-                s.status.set_state("training")
             if step % cfg.train.checkpoint_every == 0 and step < cfg.train.steps:
                 _checkpoint(s, step, data_rng)
-                s.status.set_state("training")
+            s.status.set_state("training")
+        if not evaluated:  # stopped early by a signal
+            accuracy = _evaluate(s, step, logger)
     except TeacherClientError as exc:
         _checkpoint(s, step, data_rng)
-        s.status.set_state("failed")
+        s.status.set_state("failed", str(exc))
         raise TrainingAborted(
             f"teacher at {cfg.teacher.target} unavailable after {cfg.teacher.max_retries} "
             f"retries: {exc}; checkpoint written at step {step}, rerun the same command to resume"
@@ -169,26 +180,23 @@ def train(cfg: RunConfig) -> RunResult:
     finally:
         progress.close()
         stop.restore()
-    if step > start_step and (step % cfg.train.eval_every != 0 and step != cfg.train.steps):
-        accuracy = _evaluate(s, step, logger)
+        logger.close()
     _checkpoint(s, step, data_rng)
-    logger.close()
-    plots = plot_run(run_dir)
+    plots = plot_run(s.run_dir)
     s.status.set_state("done" if step >= cfg.train.steps else "stopped")
-    s.close()
     log.info(
-        "run %s: %d steps, accuracy %.3f, plots: %s",
+        "run %s: %d steps, accuracy %.3f, plots in %s",
         cfg.name,
         step,
         accuracy,
-        ", ".join(p.name for p in plots),
+        s.run_dir / "plots",
     )
     return RunResult(
-        run_dir=run_dir,
+        run_dir=s.run_dir,
         steps_done=step,
         accuracy_before=accuracy_before,
         accuracy_after=accuracy,
-        grad_norms=tuple(grad_norms),
+        plots=tuple(plots),
         wall_s=time.monotonic() - t0,
         stopped_early=step < cfg.train.steps,
     )
