@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 
 from student_trainer.config import load_config
-from student_trainer.plots import plot_comparison
-from student_trainer.setup import resolve_model_path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
@@ -73,7 +71,7 @@ def _teacher_accuracy(target: str, cfg_path: str, overrides: list[str]) -> float
     from transformers import AutoTokenizer
 
     from student_trainer.evaluate import evaluate_teacher
-    from student_trainer.setup import task_from_config, wait_for_teacher
+    from student_trainer.setup import resolve_model_path, task_from_config, wait_for_teacher
 
     cfg = load_config(cfg_path, overrides)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.student.path))
@@ -141,6 +139,9 @@ def _summary(values: list[float]) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from student_trainer.plots import plot_comparison
+    from student_trainer.setup import resolve_model_path
+
     t0 = time.monotonic()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
