@@ -1,0 +1,128 @@
+"""The TGI-compatible routes of a tropd teacher, checked with the REAL `text-generation` client.
+
+The client's pydantic models (in .venv-tgi) parse our responses: an independent check of the
+schema. Values are checked against a plain float32 forward of the same tiny model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from teacher.server import ServerHandle, start_server
+from teacher.text_tokenizer import TextTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+PROMPT = "the answer is the sum of the first digit"
+# TGI's OpenAPI `Info` schema: the keys it marks required.
+INFO_REQUIRED = {
+    "model_id", "max_concurrent_requests", "max_best_of", "max_stop_sequences",
+    "max_input_tokens", "max_total_tokens", "validation_workers", "max_client_batch_size",
+    "router", "version",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def hf_teacher(tiny_llama_dir: Path, make_hf_config) -> Iterator[ServerHandle]:
+    torch.set_num_threads(1)
+    handle = start_server(make_hf_config(tiny_llama_dir))
+    yield handle
+    handle.stop(grace_s=5.0)
+
+
+@pytest.fixture(scope="module")
+def reference_T_V(tiny_llama_dir: Path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+
+    @torch.inference_mode()
+    def logprobs_T_V(ids: list[int]) -> np.ndarray:
+        logits = model(torch.as_tensor([ids])).logits[0]
+        return torch.log_softmax(logits.float(), dim=-1).numpy()
+
+    return logprobs_T_V
+
+
+def test_text_tokenizer_matches_transformers(tiny_llama_dir: Path) -> None:
+    from teacher.fingerprint import fingerprint_of
+
+    ours = TextTokenizer(tiny_llama_dir)
+    hf = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    assert ours.fingerprint == fingerprint_of(hf)
+    assert ours.encode(PROMPT).ids == hf(PROMPT)["input_ids"]
+
+
+def test_real_client_parses_generate_with_details(
+    hf_teacher: ServerHandle, tiny_llama_dir: Path, tgi_probe, reference_T_V
+) -> None:
+    kwargs = {"max_new_tokens": 5, "decoder_input_details": True, "top_n_tokens": 3}
+    via_client, via_generate = tgi_probe(
+        hf_teacher.http_url,
+        [
+            {"route": "client", "inputs": PROMPT, "kwargs": kwargs},
+            {"route": "generate", "inputs": PROMPT, "kwargs": kwargs},
+        ],
+    )
+    assert "error" not in via_client, via_client
+    assert via_client == via_generate  # greedy: both routes give the same answer
+    details = via_client["details"]
+    prompt_ids = TextTokenizer(tiny_llama_dir).encode(PROMPT).ids
+    prefill = details["prefill"]
+    assert [t["id"] for t in prefill] == prompt_ids
+    assert prefill[0]["logprob"] is None  # the first token cannot be scored
+    generated = [t["id"] for t in details["tokens"]]
+    assert details["generated_tokens"] == len(generated) == 5
+    assert details["finish_reason"] == "length"
+    full = prompt_ids + generated
+    ref_T_V = reference_T_V(full)
+    expect = ref_T_V[np.arange(len(full) - 1), full[1:]]
+    got = [t["logprob"] for t in prefill[1:]] + [t["logprob"] for t in details["tokens"]]
+    np.testing.assert_allclose(got, expect, atol=1e-4)
+    # Greedy decoding: each generated token is the reference argmax, and tops the top-n list.
+    for step, token in enumerate(details["tokens"]):
+        row = ref_T_V[len(prompt_ids) - 1 + step]
+        assert token["id"] == int(row.argmax())
+        top = details["top_tokens"][step]
+        assert [t["id"] for t in top] == list(np.argsort(-row)[:3])
+        np.testing.assert_allclose([t["logprob"] for t in top], np.sort(row)[::-1][:3], atol=1e-4)
+
+
+def test_real_client_sampling_is_seeded(hf_teacher: ServerHandle, tgi_probe) -> None:
+    kwargs = {"max_new_tokens": 6, "do_sample": True, "temperature": 1.0, "seed": 7}
+    a, b, c = tgi_probe(
+        hf_teacher.http_url,
+        [{"route": "client", "inputs": PROMPT, "kwargs": kwargs}] * 2
+        + [{"route": "client", "inputs": PROMPT, "kwargs": {**kwargs, "seed": 8}}],
+    )
+    assert a == b and a["details"]["seed"] == 7
+    assert c["details"]["seed"] == 8
+    assert a["details"]["prefill"] == []  # not asked for
+
+
+def test_tokenize_and_info(hf_teacher: ServerHandle, tiny_llama_dir: Path, tgi_probe) -> None:
+    tokens, info = tgi_probe(
+        hf_teacher.http_url, [{"route": "tokenize", "inputs": PROMPT}, {"route": "info"}]
+    )
+    assert tokens["status"] == 200
+    assert [t["id"] for t in tokens["body"]] == TextTokenizer(tiny_llama_dir).encode(PROMPT).ids
+    assert "".join(PROMPT[t["start"] : t["stop"]] for t in tokens["body"]) == PROMPT
+    assert info["status"] == 200
+    assert INFO_REQUIRED <= set(info["body"])
+    assert info["body"]["max_total_tokens"] == 512  # the tiny model's position table
+
+
+def test_errors_use_tgi_statuses(hf_teacher: ServerHandle, tgi_probe) -> None:
+    unsupported, too_many, empty_input = tgi_probe(
+        hf_teacher.http_url,
+        [
+            {"route": "client", "inputs": PROMPT, "kwargs": {"top_k": 5}},
+            {"route": "client", "inputs": PROMPT, "kwargs": {"max_new_tokens": 10_000}},
+            {"route": "generate", "inputs": "x", "kwargs": {"repetition_penalty": 1.3}},
+        ],
+    )
+    assert unsupported["error"] == "ValidationError" and "top_k" in unsupported["message"]
+    assert too_many["error"] == "ValidationError" and "max_new_tokens" in too_many["message"]
+    assert empty_input["error"] == "ValidationError"
+    assert "repetition_penalty" in empty_input["message"]
