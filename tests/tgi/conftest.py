@@ -151,4 +151,3 @@ def tgi_teacher_factory(tgi_python: Path) -> Iterator:
     yield make
     for teacher in started:
         stop(teacher)
-

@@ -109,7 +109,7 @@ def test_tokenize_and_info(hf_teacher: ServerHandle, tiny_llama_dir: Path, tgi_p
     assert [t["id"] for t in tokens["body"]] == TextTokenizer(tiny_llama_dir).encode(PROMPT).ids
     assert "".join(PROMPT[t["start"] : t["stop"]] for t in tokens["body"]) == PROMPT
     assert info["status"] == 200
-    assert INFO_REQUIRED <= set(info["body"])
+    assert set(info["body"]) >= INFO_REQUIRED
     assert info["body"]["max_total_tokens"] == 512  # the tiny model's position table
 
 
