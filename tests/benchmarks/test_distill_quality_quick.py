@@ -1,0 +1,79 @@
+"""The quality benchmark runs end to end (--quick): results.json, results.md and PNGs are written
+and well formed. Accuracies are whatever 4 steps give; only the shape of the outputs is checked."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "distill_quality.py"
+
+
+@pytest.mark.slow
+def test_quick_writes_well_formed_results(tmp_path: Path) -> None:
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    cmd = [sys.executable, str(BENCHMARK), "--quick", "--out", str(out), "--runs", str(runs)]
+    subprocess.run(cmd, check=True, timeout=900)
+
+    result = json.loads((out / "results.json").read_text(), parse_constant=_reject)
+    assert result["meta"]["quick"] is True
+    assert result["meta"]["seeds"] == [0]
+    baseline = result["meta"]["best_baseline"]
+    assert baseline == "mask"  # the only baseline the quick plan runs on the default world
+    summary = result["summary"]
+    assert set(summary) == {"default", "matched"}
+    assert set(summary["default"]) == {"opd", "tropd", "mask", "tropd_surprise", "sft"}
+    assert set(summary["matched"]) == {"opd", "tropd", baseline}
+    for cells in summary.values():
+        for cell in cells.values():
+            assert cell["seeds"] == [0]
+            assert 0.0 <= cell["final"][0] <= 1.0 and 0.0 <= cell["best"][0] <= 1.0
+            assert cell["best"][0] >= cell["final"][0]
+            assert cell["collapsed"] in (0, 1) and cell["below_start"] in (0, 1)
+    assert summary["default"]["tropd"]["trust_fraction"] is not None
+    assert summary["default"]["tropd_surprise"]["outlier_weight"] is not None
+    assert summary["default"]["sft"]["trust_fraction"] is None
+    assert all(r["status"] == "ok" for r in result["runs"])
+    assert len(result["runs"]) == 8
+    assert {"outlier_mode", "weighting_rules", "lr_sweep"} <= set(result["cross_tables"])
+
+    md = (out / "results.md").read_text()
+    for setting in ("default", "matched"):
+        assert f"### Setting `{setting}`" in md
+        assert f"--settings {setting} --methods" in md
+        assert (out / f"accuracy_{setting}.png").read_bytes().startswith(b"\x89PNG")
+        assert (out / f"grad_norm_{setting}.png").read_bytes().startswith(b"\x89PNG")
+    assert "| tropd | 1 |" in md
+    assert f"--baseline {baseline}" in md
+    assert (out / "ablation_default.png").read_bytes().startswith(b"\x89PNG")
+    assert (runs / "default" / "opd" / "seed0" / "metrics.jsonl").exists()
+
+
+def _reject(name: str) -> float:
+    raise ValueError(f"results.json holds {name}: not strict JSON")
+
+
+def test_from_runs_rebuilds_the_report(tmp_path: Path) -> None:
+    """An interrupted full run can still be reported from its run folders (no training here)."""
+    run_dir = tmp_path / "runs" / "default" / "opd" / "seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("train:\n  steps: 2\n")
+    rows = [
+        {"step": 0, "wall_time": 0.0, "eval/accuracy": 0.5},
+        {"step": 1, "wall_time": 1.0, "train/grad_norm": 2.0, "loss/total": 0.1},
+        {"step": 2, "wall_time": 2.0, "train/grad_norm": 3.0, "loss/total": 0.2},
+        {"step": 2, "wall_time": 2.0, "eval/accuracy": 0.2},
+    ]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(BENCHMARK), "--from-runs", str(tmp_path / "runs"), "--out", str(out)]
+    subprocess.run(cmd, check=True, timeout=300)
+    cell = json.loads((out / "results.json").read_text())["summary"]["default"]["opd"]
+    assert cell["final"] == [0.2, 0.0] and cell["best"] == [0.5, 0.0]
+    assert cell["grad_norm_mean"] == 2.5 and cell["collapsed"] == 1  # 0.2 < half of 0.5
+    assert math.isclose(cell["start"][0], 0.5)
