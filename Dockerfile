@@ -5,6 +5,7 @@
 #   docker build --target teacher --build-arg ACCELERATOR=cuda -t tropd-teacher:0.1.0-cuda .
 #   docker build --target trainer -t tropd-trainer:0.1.0-cpu .
 #   docker build --target trainer --build-arg ACCELERATOR=cuda -t tropd-trainer:0.1.0-cuda .
+#   docker build --target teacher-tgi -t tropd-teacher-tgi:0.1.0-cpu .
 #
 # ACCELERATOR=cuda installs torch's default Linux wheel, which bundles the CUDA runtime, so the
 # base stays python-slim and the host only needs the NVIDIA driver and container toolkit.
@@ -70,3 +71,29 @@ VOLUME ["/runs"]
 # The trainer's HTTP status port (/livez, /metrics, /v1/status) when train.status_port=8081.
 EXPOSE 8081
 CMD ["tropd-train", "--help"]
+
+
+# The TGI-backed teacher: scores through a text-generation-inference server, so no torch and no
+# transformers (the text-generation client pins huggingface-hub<1.0, which transformers 5
+# refuses; see the README). Built from the slim Python image, not from `base`. TEACHER_MODEL
+# names a folder with the tokenizer files of TGI's model; TEACHER_TGI_URL the TGI server.
+FROM ${PYTHON_IMAGE} AS teacher-tgi
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+RUN groupadd --system --gid 10001 tropd \
+    && useradd --system --uid 10001 --gid tropd --home-dir /home/tropd --create-home tropd
+COPY pyproject.toml README.md /opt/tropd/
+COPY services/ /opt/tropd/services/
+RUN pip install "/opt/tropd[tgi]"
+ENV TEACHER_BACKEND=tgi \
+    TEACHER_MODEL=/models/tokenizer \
+    TEACHER_PORT=50051 \
+    TEACHER_HTTP_PORT=8080
+USER 10001:10001
+EXPOSE 50051 8080
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["/bin/sh", "-c", "exec tropd-teacher health --target localhost:${TEACHER_PORT}"]
+CMD ["tropd-teacher", "serve"]
