@@ -6,14 +6,17 @@ schema. Values are checked against a plain float32 forward of the same tiny mode
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from teacher.errors import Internal, InvalidArgument, ResourceExhausted, Unavailable, Unimplemented
 from teacher.server import ServerHandle, start_server
 from teacher.text_tokenizer import TextTokenizer
+from teacher.tgi_api import error_response
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 PROMPT = "the answer is the sum of the first digit"
@@ -126,3 +129,21 @@ def test_errors_use_tgi_statuses(hf_teacher: ServerHandle, tgi_probe) -> None:
     assert too_many["error"] == "ValidationError" and "max_new_tokens" in too_many["message"]
     assert empty_input["error"] == "ValidationError"
     assert "repetition_penalty" in empty_input["message"]
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "kind"),
+    [
+        (InvalidArgument("bad"), 422, "validation"),
+        (Unimplemented("no top-k"), 422, "validation"),
+        (ResourceExhausted("queue full", retry_after_s=2.4), 429, "overloaded"),
+        (Unavailable("draining", retry_after_s=1.0), 503, "unavailable"),
+        (Internal("forward failed"), 424, "generation"),
+    ],
+)
+def test_teacher_errors_become_tgi_error_bodies(error, status: int, kind: str) -> None:
+    response = error_response(error)
+    assert response.status_code == status
+    assert json.loads(response.body) == {"error": error.message, "error_type": kind}
+    hint = getattr(error, "retry_after_s", None)
+    assert response.headers.get("retry-after") == (None if hint is None else str(round(hint)))
