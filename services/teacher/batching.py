@@ -1,20 +1,25 @@
-"""The batching policy, as a pure function of the queue and the time: no asyncio, no model.
+"""The batching policy, as a pure function of the queues and the time: no asyncio, no model.
 
-`BatchPlanner` holds pending work items and decides which ones form the next forward pass:
+`BatchPlanner` holds pending work items in one FIFO queue per (kind, job) and decides which ones
+form the next forward pass:
+* fairness: jobs are served by deficit round robin (DRR) in *tokens*: on its turn a job's
+  deficit grows by a quantum proportional to its weight, and it sends items while their lengths
+  fit the deficit. A job that empties its queue loses its deficit (no banking credit while idle).
+  A turn cut short by a full batch resumes in the next batch, so backlogged jobs receive tokens
+  in proportion to their weights, and every job with work gets at least one item per round;
 * budget: a batch costs `len(batch) * max(item.length)` tokens (padding counted) and stays
   within `max_batch_tokens`; an item longer than the budget runs alone rather than never;
-* bucketing: items are ordered by length and a batch is a contiguous run of that order, grown
-  from the oldest item towards whichever neighbour adds the least padding;
+* bucketing: within its turn a job sends its oldest item first, then those closest in length
+  to it, so one job's batch mates need little padding;
 * delay cap: a batch that cannot yet fill the budget waits until its oldest item has waited
   `max_delay_s`; one that can (or a flush, when draining) goes at once;
 * score and generate work never share a batch; the kind with the older head goes first.
-The oldest item is always in the next batch of its kind, so nothing starves.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from teacher.backends.base import GenerateTask, ScoreTask
@@ -33,6 +38,8 @@ class WorkItem:
     future: asyncio.Future
     enqueued_at: float
     deadline: float | None = None  # caller's deadline; None = no deadline
+    job: str = "anonymous"  # the job it runs as (teacher.auth.Job.name)
+    weight: float = 1.0  # that job's weight when the item was admitted
 
     def dead(self, now: float) -> bool:
         """True when nobody wants the result any more: cancelled, resolved or past deadline."""
@@ -44,29 +51,26 @@ def padded_tokens(items: list[WorkItem]) -> int:
     return len(items) * max(item.length for item in items) if items else 0
 
 
-def _grow(items: list[WorkItem], head: int, budget: int) -> tuple[int, int]:
-    """Widen [lo, hi] around `head` in a length-sorted list while the padded cost fits budget.
+@dataclass
+class _Turns:
+    """DRR state of one kind: each job's deficit (tokens) and whose turn is in progress."""
 
-    Each step takes the neighbour that adds the least padding: a shorter item on the left pads
-    itself up to the current maximum; a longer item on the right pads every row already taken.
-    """
-    lo = hi = head
-    n = len(items)
-    while True:
-        rows = hi - lo + 1
-        best: tuple[int, str] | None = None
-        if lo > 0 and (rows + 1) * items[hi].length <= budget:
-            best = (items[hi].length - items[lo - 1].length, "left")
-        if hi < n - 1 and (rows + 1) * items[hi + 1].length <= budget:
-            right = (rows * (items[hi + 1].length - items[hi].length), "right")
-            if best is None or right[0] < best[0]:
-                best = right
-        if best is None:
-            return lo, hi
-        if best[1] == "left":
-            lo -= 1
-        else:
-            hi += 1
+    deficit: dict[str, float] = field(default_factory=dict)
+    cursor: str | None = None  # the job whose turn comes next (or continues)
+    granted: bool = False  # the cursor job already received this round's quantum
+
+
+@dataclass
+class _Plan:
+    batch: list[WorkItem]
+    full: bool  # work of this kind was left out, or the batch reached the budget
+    turns: _Turns
+
+
+def _turn_order(items: list[WorkItem]) -> list[WorkItem]:
+    """A job's items in the order its turns take them: oldest, then closest in length to it."""
+    head = items[0]
+    return sorted(items, key=lambda it: (abs(it.length - head.length), it.enqueued_at))
 
 
 class BatchPlanner:
@@ -79,43 +83,111 @@ class BatchPlanner:
         """
         self.max_batch_tokens = max_batch_tokens
         self.max_delay_s = max_delay_s
-        self._pending: dict[Kind, list[WorkItem]] = {kind: [] for kind in KINDS}
+        # kind -> job -> items in arrival order; dict order is the round-robin ring.
+        self._queues: dict[Kind, dict[str, list[WorkItem]]] = {kind: {} for kind in KINDS}
+        self._turns: dict[Kind, _Turns] = {kind: _Turns() for kind in KINDS}
         self.queued_tokens = 0
+        self.job_tokens: dict[str, int] = {}  # queued tokens per job, both kinds
 
     @property
     def num_items(self) -> int:
-        return sum(len(items) for items in self._pending.values())
+        return sum(len(q) for queues in self._queues.values() for q in queues.values())
+
+    def job_items(self) -> dict[str, int]:
+        """Queued items per job, both kinds."""
+        counts: dict[str, int] = {}
+        for queues in self._queues.values():
+            for job, items in queues.items():
+                counts[job] = counts.get(job, 0) + len(items)
+        return counts
+
+    def _account(self, items: list[WorkItem], sign: int) -> None:
+        for item in items:
+            self.queued_tokens += sign * item.length
+            left = self.job_tokens.get(item.job, 0) + sign * item.length
+            if left:
+                self.job_tokens[item.job] = left
+            else:
+                self.job_tokens.pop(item.job, None)
 
     def add(self, items: list[WorkItem]) -> None:
         for item in items:
-            self._pending[item.kind].append(item)
-            self.queued_tokens += item.length
+            self._queues[item.kind].setdefault(item.job, []).append(item)
+        self._account(items, +1)
+
+    def _set_queue(self, kind: Kind, job: str, items: list[WorkItem]) -> None:
+        """Replace a job's queue; an emptied queue leaves the ring and forfeits its deficit."""
+        queues, turns = self._queues[kind], self._turns[kind]
+        if items:
+            queues[job] = items
+            return
+        if turns.cursor == job:
+            ring = list(queues)
+            after = ring[(ring.index(job) + 1) % len(ring)]
+            turns.cursor, turns.granted = (None if after == job else after), False
+        del queues[job]
+        turns.deficit.pop(job, None)
 
     def remove_dead(self, now: float) -> list[WorkItem]:
         """Take out every item nobody waits for any more (see `WorkItem.dead`) and return them."""
         removed: list[WorkItem] = []
-        for kind, items in self._pending.items():
-            alive = [item for item in items if not item.dead(now)]
-            if len(alive) != len(items):
-                removed.extend(item for item in items if item.dead(now))
-                self._pending[kind] = alive
-        self.queued_tokens -= sum(item.length for item in removed)
+        for kind, queues in self._queues.items():
+            for job, items in list(queues.items()):
+                dead = [item for item in items if item.dead(now)]
+                if dead:
+                    removed.extend(dead)
+                    self._set_queue(kind, job, [item for item in items if not item.dead(now)])
+        self._account(removed, -1)
         return removed
 
     def remove_all(self) -> list[WorkItem]:
-        removed = [item for items in self._pending.values() for item in items]
-        self._pending = {kind: [] for kind in KINDS}
+        removed = [it for queues in self._queues.values() for q in queues.values() for it in q]
+        self._queues = {kind: {} for kind in KINDS}
+        self._turns = {kind: _Turns() for kind in KINDS}
         self.queued_tokens = 0
+        self.job_tokens = {}
         return removed
 
-    def _candidate(self, kind: Kind) -> tuple[list[WorkItem], bool]:
-        """The batch `kind` would send now, and whether it is full (work was left out)."""
-        items = sorted(self._pending[kind], key=lambda it: (it.length, it.enqueued_at))
-        oldest = min(items, key=lambda it: it.enqueued_at)
-        lo, hi = _grow(items, items.index(oldest), self.max_batch_tokens)
-        batch = items[lo : hi + 1]
-        full = len(batch) < len(items) or padded_tokens(batch) >= self.max_batch_tokens
-        return batch, full
+    def _plan(self, kind: Kind) -> _Plan:
+        """The batch `kind` would send now, by DRR over its jobs, without changing any state."""
+        queues, old = self._queues[kind], self._turns[kind]
+        ring = list(queues)
+        ordered = {job: _turn_order(items) for job, items in queues.items()}
+        taken = dict.fromkeys(ring, 0)
+        deficit = {job: old.deficit.get(job, 0.0) for job in ring}
+        # Quantum: the longest pending item times weight / lightest weight, so that every job
+        # can send at least one item per round and quanta stay proportional to weights.
+        longest = max(it.length for items in queues.values() for it in items)
+        lightest = min(items[-1].weight for items in queues.values())
+        i = ring.index(old.cursor) if old.cursor in queues else 0
+        granted = old.granted and old.cursor in queues
+        batch: list[WorkItem] = []
+        widest = 0
+        full = False
+        while not full and any(taken[job] < len(ordered[job]) for job in ring):
+            job = ring[i]
+            items = ordered[job]
+            if taken[job] < len(items):
+                if not granted:
+                    deficit[job] += longest * items[0].weight / lightest
+                    granted = True
+                while taken[job] < len(items) and items[taken[job]].length <= deficit[job]:
+                    item = items[taken[job]]
+                    wider = max(widest, item.length)
+                    if batch and (len(batch) + 1) * wider > self.max_batch_tokens:
+                        full = True
+                        break
+                    batch.append(item)
+                    widest = wider
+                    deficit[job] -= item.length
+                    taken[job] += 1
+                if full:
+                    break
+            i, granted = (i + 1) % len(ring), False
+        left = {job: d for job, d in deficit.items() if taken[job] < len(ordered[job])}
+        turns = _Turns(left, ring[i] if left else None, granted and bool(left))
+        full = full or bool(left) or padded_tokens(batch) >= self.max_batch_tokens
+        return _Plan(sorted(batch, key=lambda it: it.length), full, turns)
 
     def next_batch(self, now: float, flush: bool = False) -> list[WorkItem] | None:
         """Pop the batch to run now, or None when the policy says to wait.
@@ -126,21 +198,28 @@ class BatchPlanner:
         Returns:
             Items of one kind, shortest first, or None.
         """
-        due: list[tuple[float, Kind, list[WorkItem]]] = []
-        for kind, items in self._pending.items():
-            if not items:
+        due: list[tuple[float, Kind, _Plan]] = []
+        for kind, queues in self._queues.items():
+            if not queues:
                 continue
-            batch, full = self._candidate(kind)
-            head = min(item.enqueued_at for item in items)
-            if flush or full or now >= head + self.max_delay_s:
-                due.append((head, kind, batch))
+            plan = self._plan(kind)
+            head = min(items[0].enqueued_at for items in queues.values())
+            if flush or plan.full or now >= head + self.max_delay_s:
+                due.append((head, kind, plan))
         if not due:
             return None
-        _, kind, batch = min(due, key=lambda d: d[0])
-        taken = {id(item) for item in batch}
-        self._pending[kind] = [item for item in self._pending[kind] if id(item) not in taken]
-        self.queued_tokens -= sum(item.length for item in batch)
-        return batch
+        _, kind, plan = min(due, key=lambda d: d[0])
+        taken = {id(item) for item in plan.batch}
+        self._turns[kind] = plan.turns
+        for job, items in list(self._queues[kind].items()):
+            rest = [item for item in items if id(item) not in taken]
+            if len(rest) != len(items):
+                if rest:
+                    self._queues[kind][job] = rest
+                else:
+                    del self._queues[kind][job]
+        self._account(plan.batch, -1)
+        return plan.batch
 
     def wake_time(self) -> float | None:
         """Earliest time the planner's answer can change without new work arriving.
@@ -151,7 +230,8 @@ class BatchPlanner:
         """
         times = [
             t
-            for items in self._pending.values()
+            for queues in self._queues.values()
+            for items in queues.values()
             for item in items
             for t in (item.enqueued_at + self.max_delay_s, item.deadline)
             if t is not None

@@ -62,6 +62,20 @@ class Unavailable(TeacherError):
         self.retry_after_s = retry_after_s
 
 
+class Unauthenticated(TeacherError):
+    """No job token, or one the tokens file does not know; the message never echoes the token."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = "unauthenticated"
+
+
+class PermissionDenied(TeacherError):
+    """A known job asked for something its tokens-file entry does not allow (e.g. Generate)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    default_reason = "permission_denied"
+
+
 class FailedPrecondition(TeacherError):
     """The request is well formed but the server's state forbids it (e.g. tokenizer mismatch)."""
 

@@ -3,11 +3,15 @@
 Names carry the `teacher_` prefix and base units (seconds, tokens). Each server gets a fresh
 `CollectorRegistry`, so several servers in one process (tests, benchmarks) do not collide.
 `TeacherMetrics` also implements the scheduler's hooks (`teacher.scheduler.SchedulerHooks`).
+Per-job series (`teacher_job_*`) carry a `job` label whose values are the bounded set of job
+names from the tokens file (plus "anonymous"); calls refused before a job is known count only in
+the server-wide `teacher_rejections`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -17,6 +21,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+if TYPE_CHECKING:
+    from teacher.scheduler import Served
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -92,6 +99,41 @@ class TeacherMetrics:
         self.in_flight = Gauge(
             "teacher_requests_in_flight", "RPCs being handled (queued or computing)", registry=r
         )
+        self.job_requests = Counter(
+            "teacher_job_requests",
+            "Finished RPCs per job, by method and gRPC status",
+            ["job", "method", "status"],
+            registry=r,
+        )
+        self.job_scored_tokens = Counter(
+            "teacher_job_scored_tokens", "Positions scored per job", ["job"], registry=r
+        )
+        self.job_generated_tokens = Counter(
+            "teacher_job_generated_tokens", "Tokens generated per job", ["job"], registry=r
+        )
+        self.job_served_tokens = Counter(
+            "teacher_job_served_tokens",
+            "Sequence tokens of a job sent to forward passes (what fair sharing divides)",
+            ["job"],
+            registry=r,
+        )
+        self.job_queue_wait = Histogram(
+            "teacher_job_queue_wait_seconds",
+            "Time a job's sequence waited before its batch ran",
+            ["job"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.job_queue_tokens = Gauge(
+            "teacher_job_queue_tokens", "Tokens of a job waiting for a batch", ["job"], registry=r
+        )
+        self.job_rejections = Counter(
+            "teacher_job_rejections",
+            "A job's requests or sequences refused, by reason",
+            ["job", "reason"],
+            registry=r,
+        )
+        self._queued_jobs: set[str] = set()
         self.ready = Gauge(
             "teacher_ready", "1 when the model is loaded, warmed and not draining", registry=r
         )
@@ -100,15 +142,21 @@ class TeacherMetrics:
         """The registry in the Prometheus text format."""
         return generate_latest(self.registry)
 
-    def on_queue_depth(self, tokens: int, items: int) -> None:
+    def on_queue_depth(self, tokens: int, items: int, job_tokens: dict[str, int]) -> None:
         self.queue_tokens.set(tokens)
         self.queue_sequences.set(items)
+        self._queued_jobs |= set(job_tokens)  # emptied queues must read 0, not their last value
+        for job in self._queued_jobs:
+            self.job_queue_tokens.labels(job).set(job_tokens.get(job, 0))
 
-    def on_batch(
-        self, kind: str, waits_s: Sequence[float], real_tokens: int, padded_tokens: int
-    ) -> None:
-        for wait in waits_s:
-            self.queue_wait.labels(kind).observe(max(0.0, wait))
+    def on_batch(self, kind: str, served: Sequence[Served], padded_tokens: int) -> None:
+        real_tokens = 0
+        for item in served:
+            wait = max(0.0, item.wait_s)
+            self.queue_wait.labels(kind).observe(wait)
+            self.job_queue_wait.labels(item.job).observe(wait)
+            self.job_served_tokens.labels(item.job).inc(item.tokens)
+            real_tokens += item.tokens
         self.batch_tokens.labels(kind).observe(padded_tokens)
         if padded_tokens:
             self.batch_padding.labels(kind).observe(1.0 - real_tokens / padded_tokens)
@@ -116,5 +164,7 @@ class TeacherMetrics:
     def on_forward(self, kind: str, seconds: float, ok: bool) -> None:
         self.forward_seconds.labels(kind, "ok" if ok else "error").observe(seconds)
 
-    def on_rejection(self, reason: str) -> None:
+    def on_rejection(self, reason: str, job: str | None = None) -> None:
         self.rejections.labels(reason).inc()
+        if job is not None:
+            self.job_rejections.labels(job, reason).inc()

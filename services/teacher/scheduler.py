@@ -1,7 +1,11 @@
 """The asyncio scheduler: batches Score and Generate work from all concurrent calls.
 
-Requests arrive already validated. Each sequence becomes a `WorkItem` with its own future; one
-loop task asks the `BatchPlanner` for the next batch (token budget, delay cap, bucketing) and
+Requests arrive already validated and authenticated, as one `teacher.auth.Job`. Admission
+applies that job's quotas (in-flight requests, queued tokens, tokens per request) and the
+server-wide queue bound, which refuses only jobs above their weighted share of it, so one job's
+flood never rejects another job's requests. Each sequence becomes a `WorkItem` with its own
+future, queued under its job; one loop task asks the `BatchPlanner` for the next batch
+(per-job deficit round robin in tokens, token budget, delay cap, bucketing) and
 runs it on the backend in ONE worker thread, so the event loop keeps serving health checks,
 metrics and new requests during a forward pass. Work whose caller cancelled or whose deadline
 passed is dropped before it reaches the backend. A failed forward fails only the futures of its
@@ -20,6 +24,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from teacher.auth import ANONYMOUS, Job
 from teacher.backends.base import Backend, GenerateOutput, GenerateTask, ScoreOutput, ScoreTask
 from teacher.batching import BatchPlanner, Kind, WorkItem, padded_tokens
 from teacher.errors import (
@@ -57,43 +62,58 @@ class MonotonicClock:
             await asyncio.wait_for(event.wait(), timeout)
 
 
+@dataclass(frozen=True)
+class Served:
+    """One sequence of a batch that is about to run: whose, how long it waited, its tokens."""
+
+    job: str
+    wait_s: float
+    tokens: int
+
+
 class SchedulerHooks(Protocol):
     """Observation points for metrics; every method must be cheap and must not raise."""
 
-    def on_queue_depth(self, tokens: int, items: int) -> None: ...
+    def on_queue_depth(self, tokens: int, items: int, job_tokens: dict[str, int]) -> None: ...
 
-    def on_batch(
-        self, kind: Kind, waits_s: Sequence[float], real_tokens: int, padded_tokens: int
-    ) -> None: ...
+    def on_batch(self, kind: Kind, served: Sequence[Served], padded_tokens: int) -> None: ...
 
     def on_forward(self, kind: Kind, seconds: float, ok: bool) -> None: ...
 
-    def on_rejection(self, reason: str) -> None: ...
+    def on_rejection(self, reason: str, job: str | None = None) -> None: ...
 
 
 class NullHooks:
     """Hooks that record nothing."""
 
-    def on_queue_depth(self, tokens: int, items: int) -> None:
+    def on_queue_depth(self, tokens: int, items: int, job_tokens: dict[str, int]) -> None:
         pass
 
-    def on_batch(
-        self, kind: Kind, waits_s: Sequence[float], real_tokens: int, padded_tokens: int
-    ) -> None:
+    def on_batch(self, kind: Kind, served: Sequence[Served], padded_tokens: int) -> None:
         pass
 
     def on_forward(self, kind: Kind, seconds: float, ok: bool) -> None:
         pass
 
-    def on_rejection(self, reason: str) -> None:
+    def on_rejection(self, reason: str, job: str | None = None) -> None:
         pass
+
+
+@dataclass(frozen=True)
+class JobLoad:
+    """A job's live share of the scheduler (for /v1/jobs)."""
+
+    queued_tokens: int
+    queued_sequences: int
+    in_flight_requests: int
+    served_tokens: int  # sequence tokens sent to the backend since start
 
 
 @dataclass(frozen=True)
 class SchedulerConfig:
     max_batch_tokens: int  # padded tokens per forward pass
     max_delay_s: float  # longest wait for a batch to fill
-    max_queue_tokens: int  # queued (not yet running) tokens before RESOURCE_EXHAUSTED
+    max_queue_tokens: int  # queued tokens before RESOURCE_EXHAUSTED (for jobs over their share)
 
 
 def _item_error(item: WorkItem, now: float) -> TeacherError:
@@ -134,6 +154,9 @@ class Scheduler:
         self._in_flight: list[WorkItem] = []
         self._closing = False
         self._tokens_per_s: float | None = None  # smoothed padded throughput, for retry hints
+        self._weights: dict[str, float] = {}  # latest weight seen per job
+        self._requests: dict[str, int] = {}  # admitted, unfinished requests per job
+        self._served: dict[str, int] = {}  # tokens dispatched per job
 
     @property
     def executor(self) -> Executor:
@@ -142,6 +165,19 @@ class Scheduler:
     @property
     def queued_tokens(self) -> int:
         return self._planner.queued_tokens
+
+    def job_loads(self) -> dict[str, JobLoad]:
+        """Every job seen since start: queued work, requests in flight, tokens served."""
+        items = self._planner.job_items()
+        return {
+            job: JobLoad(
+                self._planner.job_tokens.get(job, 0),
+                items.get(job, 0),
+                self._requests.get(job, 0),
+                self._served.get(job, 0),
+            )
+            for job in sorted(self._weights)
+        }
 
     @property
     def idle(self) -> bool:
@@ -153,67 +189,119 @@ class Scheduler:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="scheduler")
 
     async def score(
-        self, tasks: Sequence[ScoreTask], deadline: float | None = None
+        self, tasks: Sequence[ScoreTask], deadline: float | None = None, job: Job = ANONYMOUS
     ) -> list[ScoreOutput]:
         """Score validated tasks; they may be spread over several batches.
 
         Args:
             tasks: validated ScoreTasks (see `teacher.validation`).
             deadline: clock time after which unstarted work is dropped, or None.
+            job: who asks: its queue, weight and quotas.
         Returns:
             One ScoreOutput per task, in order.
         Raises:
-            ResourceExhausted: the queue cannot hold the request now (carries a retry hint).
+            ResourceExhausted: over a quota of the job, or the queue is full and the job holds
+                more than its weighted share of it; carries a retry hint unless the request
+                alone exceeds a limit.
             Unavailable: the scheduler is draining.
             DeadlineExceeded, Cancelled, Internal: the work was dropped or its batch failed.
         """
         # Positions from end - 1 on feed no scored row, so a backend need not run them.
-        return await self._submit("score", tasks, [t.end - 1 for t in tasks], deadline)
+        return await self._submit("score", tasks, [t.end - 1 for t in tasks], deadline, job)
 
     async def generate(
-        self, tasks: Sequence[GenerateTask], deadline: float | None = None
+        self, tasks: Sequence[GenerateTask], deadline: float | None = None, job: Job = ANONYMOUS
     ) -> list[GenerateOutput]:
         """Generate for validated tasks; like `score`, batched apart from score work.
 
         Args:
             tasks: validated GenerateTasks.
             deadline: clock time after which unstarted work is dropped, or None.
+            job: who asks (see `score`).
         Returns:
             One GenerateOutput per task, in order.
         """
         lengths = [len(t.prompt) + t.max_new_tokens for t in tasks]
-        return await self._submit("generate", tasks, lengths, deadline)
+        return await self._submit("generate", tasks, lengths, deadline, job)
 
-    def _retry_hint_s(self, extra_tokens: int) -> float:
-        backlog = self._planner.queued_tokens + extra_tokens
+    def _share(self, job: Job) -> float:
+        """`job`'s weighted share among the jobs with queued work (itself included)."""
+        active = {name for name in self._planner.job_tokens} | {job.name}
+        return job.weight / sum(self._weights.get(name, 1.0) for name in active)
+
+    def _retry_hint_s(self, job: Job, extra_tokens: int) -> float:
+        """Time for the job's backlog to drain at its weighted share of the measured rate."""
+        backlog = self._planner.job_tokens.get(job.name, 0) + extra_tokens
         if not self._tokens_per_s:
             return max(0.1, self._config.max_delay_s)
-        return min(30.0, max(0.05, backlog / self._tokens_per_s))
+        return min(30.0, max(0.05, backlog / (self._tokens_per_s * self._share(job))))
+
+    def _refuse(self, job: Job, reason: str, message: str, extra_tokens: int | None) -> None:
+        """Raise RESOURCE_EXHAUSTED; `extra_tokens` None = retrying cannot help (no hint)."""
+        self._hooks.on_rejection(reason, job.name)
+        hint = None if extra_tokens is None else self._retry_hint_s(job, extra_tokens)
+        if hint is not None:
+            message += f"; retry in ~{hint:.2f}s"
+        raise ResourceExhausted(message, reason=reason, retry_after_s=hint)
+
+    def _admit(self, job: Job, total: int) -> None:
+        """Apply the job's quotas, then the server-wide queue bound (see the module docstring)."""
+        quotas, name = job.quotas, job.name
+        for limit in (quotas.max_request_tokens, quotas.max_queued_tokens):
+            if limit is not None and total > limit:
+                self._refuse(
+                    job, "job_request_tokens",
+                    f"job {name!r}: this request holds {total} tokens, over the job's limit of "
+                    f"{limit} (max_request_tokens / max_queued_tokens in the tokens file)",
+                    None,
+                )  # fmt: skip
+        running = self._requests.get(name, 0)
+        if quotas.max_in_flight is not None and running >= quotas.max_in_flight:
+            self._refuse(
+                job, "job_in_flight",
+                f"job {name!r} has {running} requests in flight, its max_in_flight quota",
+                0,
+            )  # fmt: skip
+        mine = self._planner.job_tokens.get(name, 0)
+        if quotas.max_queued_tokens is not None and mine + total > quotas.max_queued_tokens:
+            self._refuse(
+                job, "job_queue_full",
+                f"job {name!r}: {mine} tokens queued + {total} in this request exceed its "
+                f"max_queued_tokens quota of {quotas.max_queued_tokens}",
+                total,
+            )  # fmt: skip
+        queued, bound = self._planner.queued_tokens, self._config.max_queue_tokens
+        share = int(bound * self._share(job))
+        if queued + total > bound and mine + total > share:
+            self._refuse(
+                job, "queue_full",
+                f"queue full: {queued} tokens waiting + {total} in this request exceed "
+                f"max_queue_tokens = {bound}, and job {name!r} already holds {mine} "
+                f"(its weighted share is {share})",
+                total,
+            )  # fmt: skip
 
     async def _submit(
-        self, kind: Kind, tasks: Sequence[Any], lengths: list[int], deadline: float | None
+        self,
+        kind: Kind,
+        tasks: Sequence[Any],
+        lengths: list[int],
+        deadline: float | None,
+        job: Job,
     ) -> list[Any]:
         if self._closing:
-            self._hooks.on_rejection("draining")
+            self._hooks.on_rejection("draining", job.name)
             raise Unavailable("the teacher is shutting down; retry on another replica")
-        total = sum(lengths)
-        queued = self._planner.queued_tokens
-        if queued + total > self._config.max_queue_tokens:
-            self._hooks.on_rejection("queue_full")
-            hint = self._retry_hint_s(total)
-            raise ResourceExhausted(
-                f"queue full: {queued} tokens waiting + {total} in this request exceed "
-                f"max_queue_tokens = {self._config.max_queue_tokens}; retry in ~{hint:.2f}s",
-                reason="queue_full",
-                retry_after_s=hint,
-            )
+        self._weights[job.name] = job.weight
+        self._admit(job, sum(lengths))
         loop = asyncio.get_running_loop()
         now = self._clock.now()
         items = [
-            WorkItem(kind, task, length, loop.create_future(), now, deadline)
+            WorkItem(kind, task, length, loop.create_future(), now, deadline, job.name, job.weight)
             for task, length in zip(tasks, lengths, strict=True)
         ]
         self._planner.add(items)
+        self._requests[job.name] = self._requests.get(job.name, 0) + 1
         self._report_depth()
         self._wake.set()
         try:
@@ -224,19 +312,22 @@ class Scheduler:
                 item.future.cancel()
             self._wake.set()
             raise
+        finally:
+            self._requests[job.name] -= 1
 
     def _report_depth(self) -> None:
-        self._hooks.on_queue_depth(self._planner.queued_tokens, self._planner.num_items)
+        planner = self._planner
+        self._hooks.on_queue_depth(planner.queued_tokens, planner.num_items, planner.job_tokens)
 
     def _drop_dead(self) -> None:
         now = self._clock.now()
         dead = self._planner.remove_dead(now)
         for item in dead:
             if item.future.cancelled():
-                self._hooks.on_rejection("cancelled")
+                self._hooks.on_rejection("cancelled", item.job)
             elif not item.future.done():
                 error = _item_error(item, now)
-                self._hooks.on_rejection(error.reason)
+                self._hooks.on_rejection(error.reason, item.job)
                 item.future.set_exception(error)
         if dead:
             self._report_depth()
@@ -267,9 +358,10 @@ class Scheduler:
         kind = batch[0].kind
         now = self._clock.now()
         padded = padded_tokens(batch)
-        self._hooks.on_batch(
-            kind, [now - it.enqueued_at for it in batch], sum(it.length for it in batch), padded
-        )
+        served = [Served(it.job, now - it.enqueued_at, it.length) for it in batch]
+        self._hooks.on_batch(kind, served, padded)
+        for item in batch:
+            self._served[item.job] = self._served.get(item.job, 0) + item.length
         call: Callable[[Any], list[Any]] = (
             self._backend.score if kind == "score" else self._backend.generate
         )

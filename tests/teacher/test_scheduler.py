@@ -8,10 +8,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
+from teacher.auth import Job, Quotas
 from teacher.backends.base import GenerateOutput, GenerateTask, ScoreOutput, ScoreTask
 from teacher.batching import BatchPlanner, WorkItem, padded_tokens
 from teacher.errors import DeadlineExceeded, Internal, ResourceExhausted, Unavailable
-from teacher.scheduler import Scheduler, SchedulerConfig
+from teacher.scheduler import NullHooks, Scheduler, SchedulerConfig, Served
 
 POISON = 666  # a first id that makes the fake backend raise
 
@@ -261,6 +262,138 @@ def test_drain_finishes_queued_work_then_refuses() -> None:
         assert len(await queued) == 1
         with pytest.raises(Unavailable):
             await sched.score([task(5)])
+        await sched.close()
+
+    run(main)
+
+
+# --- fair sharing between jobs ------------------------------------------------------------------
+
+
+def job_items(job: str, weight: float, lengths: Sequence[int], t0: float) -> list[WorkItem]:
+    loop = asyncio.new_event_loop()
+    out = [
+        WorkItem("score", task(n), n, loop.create_future(), t0, None, job, weight) for n in lengths
+    ]
+    loop.close()
+    return out
+
+
+def test_drr_shares_tokens_by_weight_under_saturation() -> None:
+    weights = {"a": 1.0, "b": 1.0, "c": 2.0}
+    # Different request shapes per job: fairness is in tokens, not in requests or sequences.
+    shapes = {"a": [16, 24], "b": [40], "c": [8, 12, 30]}
+    planner = BatchPlanner(max_batch_tokens=256, max_delay_s=0.0)
+    served = dict.fromkeys(weights, 0)
+    t = 0.0
+    for _ in range(400):
+        for job, weight in weights.items():  # keep every job backlogged
+            while planner.job_tokens.get(job, 0) < 600:
+                planner.add(job_items(job, weight, shapes[job], t))
+        t += 1.0
+        for item in planner.next_batch(now=t):
+            served[item.job] += item.length
+    total = sum(served.values())
+    shares = {job: served[job] / total for job in served}
+    assert shares["a"] == pytest.approx(0.25, abs=0.025)
+    assert shares["b"] == pytest.approx(0.25, abs=0.025)
+    assert shares["c"] == pytest.approx(0.50, abs=0.025)
+
+
+def test_drr_lone_job_gets_everything_and_idle_jobs_bank_nothing() -> None:
+    planner = BatchPlanner(max_batch_tokens=100, max_delay_s=0.0)
+    planner.add(job_items("a", 1.0, [10] * 30, 0.0))
+    first = planner.next_batch(now=1.0)
+    assert {it.job for it in first} == {"a"} and len(first) == 10
+    # b arrives later: it does not get a burst for the time it was idle, just its turn.
+    planner.add(job_items("b", 1.0, [10] * 30, 1.0))
+    batches = [planner.next_batch(now=2.0) for _ in range(4)]
+    per_job = [sum(it.job == "b" for it in batch) for batch in batches]
+    assert sum(per_job) == pytest.approx(20, abs=2)
+    assert planner.job_tokens == {"b": 100}  # a ran out; b got the same 20 items as a
+
+
+class RecordingHooks(NullHooks):
+    def __init__(self) -> None:
+        self.batches: list[list[Served]] = []
+
+    def on_batch(self, kind: str, served: Sequence[Served], padded_tokens: int) -> None:
+        self.batches.append(list(served))
+
+
+def test_scheduler_serves_jobs_fairly_with_fake_clock() -> None:
+    async def main() -> None:
+        clock, backend, hooks = FakeClock(), FakeBackend(), RecordingHooks()
+        sched = Scheduler(
+            backend, config(budget=64, delay_s=0.01, queue=100_000), clock=clock, hooks=hooks
+        )
+        sched.start()
+        jobs = [Job("a", 1.0), Job("b", 1.0), Job("c", 2.0)]
+        calls = [
+            asyncio.ensure_future(sched.score([task(9) for _ in range(4)], job=job))
+            for _ in range(40)
+            for job in jobs
+        ]
+        await asyncio.gather(*calls)  # batches are full: no clock needed
+        # While all three are backlogged (c, served fastest, has work for ~40 batches of 8):
+        served = {"a": 0, "b": 0, "c": 0}
+        for batch in hooks.batches[:30]:
+            for item in batch:
+                served[item.job] += item.tokens
+        total = sum(served.values())
+        assert served["a"] / total == pytest.approx(0.25, abs=0.025)
+        assert served["b"] / total == pytest.approx(0.25, abs=0.025)
+        assert served["c"] / total == pytest.approx(0.50, abs=0.025)
+        assert {j: load.served_tokens for j, load in sched.job_loads().items()} == {
+            "a": 1280,
+            "b": 1280,
+            "c": 1280,
+        }
+        await sched.close()
+
+    run(main)
+
+
+def test_job_quotas_refuse_only_that_job() -> None:
+    async def main() -> None:
+        clock, backend = FakeClock(), FakeBackend()
+        sched = Scheduler(backend, config(budget=1000, delay_s=1.0, queue=100), clock=clock)
+        sched.start()
+        greedy = Job("greedy", 1.0, quotas=Quotas(max_in_flight=2, max_request_tokens=50))
+        light = Job("light", 1.0)
+        held = [asyncio.ensure_future(sched.score([task(11)], job=greedy)) for _ in range(2)]
+        await settle()
+        with pytest.raises(ResourceExhausted) as in_flight:
+            await sched.score([task(5)], job=greedy)
+        assert in_flight.value.reason == "job_in_flight" and in_flight.value.retry_after_s
+        with pytest.raises(ResourceExhausted) as too_big:
+            await sched.score([task(61)], job=greedy)
+        assert too_big.value.reason == "job_request_tokens"
+        assert too_big.value.retry_after_s is None  # retrying cannot help
+        ok = asyncio.ensure_future(sched.score([task(5)], job=light))
+        await settle()
+        clock.advance(1.0)
+        await asyncio.gather(ok, *held)
+        await sched.close()
+
+    run(main)
+
+
+def test_full_queue_refuses_the_job_over_its_share_not_the_light_one() -> None:
+    async def main() -> None:
+        clock, backend = FakeClock(), FakeBackend()
+        sched = Scheduler(backend, config(budget=1000, delay_s=1.0, queue=100), clock=clock)
+        sched.start()
+        greedy, light = Job("greedy", 1.0), Job("light", 1.0)
+        flood = [asyncio.ensure_future(sched.score([task(11)], job=greedy)) for _ in range(10)]
+        await settle()
+        with pytest.raises(ResourceExhausted) as full:
+            await sched.score([task(11)], job=greedy)
+        assert full.value.reason == "queue_full" and "'greedy'" in full.value.message
+        light_calls = [asyncio.ensure_future(sched.score([task(11)], job=light)) for _ in range(3)]
+        await settle()
+        clock.advance(1.0)
+        await asyncio.gather(*flood, *light_calls)  # the light job was admitted over the bound
         await sched.close()
 
     run(main)
