@@ -77,6 +77,19 @@ class ServerConfig(BaseModel):
     max_message_bytes: int = Field(
         512 * 1024 * 1024, ge=1024, description="largest gRPC message sent or received"
     )
+    tokens_file: str | None = Field(
+        None,
+        description="YAML tokens file of the jobs (teacher.auth); none = every caller is "
+        '"anonymous"; reloaded on change or SIGHUP',
+    )
+    allow_anonymous: bool = Field(
+        False, description="with a tokens file, serve calls without a token as job anonymous"
+    )
+    tls_cert_file: str | None = Field(None, description="PEM certificate chain: gRPC over TLS")
+    tls_key_file: str | None = Field(None, description="PEM private key of tls_cert_file")
+    tls_client_ca_file: str | None = Field(
+        None, description="PEM CA bundle: require client certificates signed by it (mutual TLS)"
+    )
 
     @field_validator("backend")
     @classmethod
@@ -89,6 +102,14 @@ class ServerConfig(BaseModel):
     def _tgi_needs_url(self) -> ServerConfig:
         if self.backend == "tgi" and not self.tgi_url:
             raise ValueError("backend tgi needs tgi_url (TEACHER_TGI_URL or --tgi-url)")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_files_pair(self) -> ServerConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together (set both or neither)")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
         return self
 
     @model_validator(mode="after")
