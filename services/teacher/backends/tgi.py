@@ -131,6 +131,10 @@ class TGIBackend:
         total = int(self._tgi_info.get("max_total_tokens") or 0)
         if total < 3:
             raise ValueError(f"TGI at {self.url} reports max_total_tokens = {total}")
+        # One new token rides along with every scoring request (TGI needs >= 1).
+        longest = total - 1
+        if self._tgi_info.get("max_input_tokens"):
+            longest = min(longest, int(self._tgi_info["max_input_tokens"]))
         self._info = BackendInfo(
             model_id=str(self._tgi_info.get("model_id") or options.model_path),
             revision=str(self._tgi_info.get("model_sha") or ""),
@@ -138,8 +142,7 @@ class TGIBackend:
             dtype=str(self._tgi_info.get("model_dtype") or "unknown"),
             device=f"tgi:{self.url}",
             vocab_size=self.tokenizer.vocab_size,
-            # One new token rides along with every scoring request (TGI needs >= 1).
-            max_sequence_length=total - 1,
+            max_sequence_length=longest,
             tokenizer=self.tokenizer.fingerprint,
             capabilities=CAPABILITIES,
         )
