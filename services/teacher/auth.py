@@ -19,9 +19,10 @@ The tokens file (`--tokens-file`, TEACHER_TOKENS_FILE; e.g. a mounted Kubernetes
           max_in_flight: 16          # this job's requests queued or computing at once
           max_request_tokens: 65536  # tokens in one request
 
-Modes: no tokens file -> every caller is the job "anonymous" (weight 1, no quotas); the server
-logs a warning. A tokens file -> a known bearer token is required, unless `allow_anonymous`, in
-which case a call WITHOUT a token runs as "anonymous" (a wrong token is still refused).
+Modes: no tokens file -> every caller, with or without a token, is the job "anonymous" (weight
+1, no quotas); the server logs a warning. A tokens file -> a known bearer token is required,
+unless `allow_anonymous`, in which case a call WITHOUT a token runs as "anonymous" (a wrong
+token is still refused).
 
 Tokens are compared in constant time (SHA-256 digests, `hmac.compare_digest` against every
 entry) and never appear in messages, logs or reprs. `reload` swaps the table atomically; work
@@ -317,6 +318,8 @@ class Authenticator:
             Unauthenticated: no token where one is required, a malformed header, or a token
                 the tokens file does not hold (e.g. revoked by a reload).
         """
+        if self.tokens_file is None:
+            return ANONYMOUS  # nothing to check against: a student's token is not an error
         token = bearer_token(header_value)
         if token is None:
             if self.allow_anonymous:

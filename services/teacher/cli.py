@@ -7,8 +7,11 @@
     tropd-teacher health --target HOST:PORT        # exit 0 when SERVING (Docker HEALTHCHECK)
     tropd-teacher build-tiny OUT [--arch llama|qwen2|gpt2] [--preset tiny|bench-10m]
 
-Exit codes: 0 success, 1 failure (server error, not serving), 2 bad input or configuration.
-Every `serve` option also reads from TEACHER_<OPTION> (e.g. TEACHER_MAX_BATCH_TOKENS); flags win.
+Exit codes: 0 success, 1 failure (server error, not serving), 2 bad input or configuration
+(a malformed tokens file included). Every `serve` option also reads from TEACHER_<OPTION> (e.g.
+TEACHER_MAX_BATCH_TOKENS); flags win; a yes/no option given bare (`--allow-anonymous`) means
+true. `serve` re-reads its --tokens-file on SIGHUP. `info` and `score` send TEACHER_TOKEN (or
+--token) as the job token.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from typing import Any
 
 import grpc
 
+from teacher.auth import TokensFileError
 from teacher.client import TeacherClient, TeacherClientError, TeacherRpcError, TokenizerMismatch
 from teacher.config import ConfigError, ServerConfig, env_name, load_config
 
@@ -43,26 +48,31 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     # One flag per config field, generated so that the config model stays the only definition.
     for name, field in ServerConfig.model_fields.items():
         default = "required" if field.is_required() else f"default {field.default}"
+        flag = {"nargs": "?", "const": "true"} if field.annotation is bool else {}
         p.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
             default=None,
             metavar=name.split("_")[-1].upper(),
             help=f"{field.description} [env {env_name(name)}; {default}]",
+            **flag,
         )
     p.add_argument("--log-level", default="INFO", help="logging level [default INFO]")
 
 
 def _add_client_commands(sub: argparse._SubParsersAction) -> None:
     target = {"required": True, "help": "teacher gRPC address, host:port"}
+    token = {"default": None, "help": "job token [default: env TEACHER_TOKEN]"}
     p = sub.add_parser("info", help="print what a teacher serves (model, tokenizer, limits)")
     p.add_argument("--target", **target)
+    p.add_argument("--token", **token)
     p = sub.add_parser("health", help="exit 0 when the teacher reports SERVING, 1 otherwise")
     p.add_argument("--target", **target)
     p.add_argument("--service", default="", help='health service name [default "" (server)]')
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait [default 3]")
     p = sub.add_parser("score", help="score one sequence and print a per-position table")
     p.add_argument("--target", **target)
+    p.add_argument("--token", **token)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--ids", help="comma-separated token ids, e.g. 1,5,9,2")
     what.add_argument("--text", help="text to tokenize with --tokenizer (bos prepended)")
@@ -110,6 +120,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         drained = asyncio.run(main())
+    except TokensFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:
         print(f"teacher failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
@@ -117,8 +130,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    return args.token or os.environ.get("TEACHER_TOKEN") or None
+
+
 def cmd_info(args: argparse.Namespace) -> int:
-    with TeacherClient(args.target, timeout=10, max_retries=1) as client:
+    with TeacherClient(args.target, _token(args), timeout=10, max_retries=1) as client:
         info = client.info()
     rows: list[tuple[str, Any]] = [
         ("model", info.model_id), ("backend", info.backend), ("dtype", info.dtype),
@@ -183,7 +200,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise UsageError("--text needs --tokenizer PATH (the teacher only takes token ids)")
     ids = _encode(tokenizer, args.text) if args.text is not None else _parse_ids(args.ids)
     label = (lambda i: tokenizer.convert_ids_to_tokens(int(i))) if tokenizer else str
-    with TeacherClient(args.target, timeout=30, max_retries=2) as client:
+    with TeacherClient(args.target, _token(args), timeout=30, max_retries=2) as client:
         if tokenizer is not None:
             client.check_tokenizer(fingerprint_of(tokenizer))
         (row,) = client.score(

@@ -4,7 +4,10 @@
 backend, all on one event loop; the backend runs in one worker thread. Health
 (grpc.health.v1, services "" and "tropd.teacher.v1.Teacher") says NOT_SERVING until the model is
 loaded and warmed, then SERVING; on stop it goes NOT_SERVING, new calls get UNAVAILABLE, queued
-and in-flight work drains for up to `drain_grace_s`, then everything closes.
+and in-flight work drains for up to `drain_grace_s`, then everything closes. Job tokens come
+from `tokens_file` (`teacher.auth`), re-read when the file changes (polled every
+`TOKENS_POLL_S`) or on SIGHUP; gRPC runs over TLS (mutual with `tls_client_ca_file`) when a
+certificate is configured, while the HTTP side port stays plain for probes.
 
     tropd-teacher serve --model PATH          # the CLI (SIGTERM/SIGINT -> drain, exit 0)
     handle = start_server(config)             # in-process, in a background thread
@@ -13,7 +16,9 @@ and in-flight work drains for up to `drain_grace_s`, then everything closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +30,7 @@ from grpc_reflection.v1alpha import reflection
 from tropd.teacher.v1 import teacher_pb2 as pb
 from tropd.teacher.v1 import teacher_pb2_grpc as pb_grpc
 
+from teacher.auth import Authenticator
 from teacher.backends.base import Backend
 from teacher.config import ServerConfig
 from teacher.http_app import start_http
@@ -40,6 +46,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Teacher"].full_name  # "tropd.teacher.v1.Teacher"
 HEALTH_SERVICES = ("", SERVICE_NAME)
+TOKENS_POLL_S = 2.0  # how often the tokens file's mtime/size/inode is checked for a reload
 
 
 def _load_backend(config: ServerConfig) -> Backend:
@@ -67,7 +74,8 @@ class TeacherServer:
         backend: an already-built backend (tests, benchmarks); None loads `config.backend`.
         """
         self.config = config
-        self.state = ServerState(config, TeacherMetrics())
+        auth = Authenticator(config.tokens_file, config.allow_anonymous)  # TokensFileError
+        self.state = ServerState(config, TeacherMetrics(), auth=auth)
         self.grpc_port = 0
         self.http_port = 0
         self._backend = backend
@@ -79,6 +87,7 @@ class TeacherServer:
         self._grpc: grpc.aio.Server | None = None
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
 
     @property
     def backend(self) -> Backend | None:
@@ -101,7 +110,33 @@ class TeacherServer:
             self.state, self.config.host, self.config.http_port
         )
         self._http = server
-        log.info("listening: grpc %d, http %d", self.grpc_port, self.http_port)
+        if self.state.auth.tokens_file is None:
+            log.warning("no tokens file: every caller is served as job 'anonymous' (no auth)")
+        else:
+            auth = self.state.auth
+            log.info(
+                "job tokens from %s: %d jobs, anonymous calls %s",
+                auth.tokens_file, len(auth.jobs), "allowed" if auth.allow_anonymous else "refused",
+            )  # fmt: skip
+            self._watch_task = asyncio.get_running_loop().create_task(self._watch_tokens())
+        tls = "mutual TLS" if self.config.tls_client_ca_file else "TLS"
+        log.info(
+            "listening: grpc %d (%s), http %d",
+            self.grpc_port, tls if self.config.tls_cert_file else "plaintext", self.http_port,
+        )  # fmt: skip
+
+    def reload_tokens(self) -> bool:
+        """Re-read the tokens file now (SIGHUP); a bad file is logged and the old one kept.
+
+        Returns:
+            True when a new job table is in force.
+        """
+        return self.state.auth.try_reload()
+
+    async def _watch_tokens(self) -> None:
+        while True:
+            await asyncio.sleep(TOKENS_POLL_S)
+            self.state.auth.reload_if_changed()
 
     async def load(self) -> None:
         """Load (unless given) and warm the backend in its worker thread, then SERVING."""
@@ -143,7 +178,13 @@ class TeacherServer:
         for service in HEALTH_SERVICES:
             await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         try:
-            self.grpc_port = self._grpc.add_insecure_port(f"{c.host}:{c.port}")
+            address = f"{c.host}:{c.port}"
+            credentials = _server_credentials(c)
+            self.grpc_port = (
+                self._grpc.add_secure_port(address, credentials)
+                if credentials is not None
+                else self._grpc.add_insecure_port(address)
+            )
         except RuntimeError as exc:
             raise RuntimeError(f"cannot bind the gRPC port {c.host}:{c.port}: {exc}") from None
         if self.grpc_port == 0:
@@ -159,6 +200,8 @@ class TeacherServer:
             True when all accepted work finished within the grace period.
         """
         grace = self.config.drain_grace_s if grace_s is None else grace_s
+        if self._watch_task is not None:
+            self._watch_task.cancel()
         self.state.set_draining()
         await self._health.enter_graceful_shutdown()
         drained = True
@@ -224,6 +267,28 @@ class ServerHandle:
         self.stop(grace_s=5.0)
 
 
+def _read_pem(path: str, field: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise RuntimeError(f"{field} {path}: cannot read it ({exc.strerror})") from None
+
+
+def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    """TLS credentials from the configured PEM files, or None for plaintext."""
+    if config.tls_cert_file is None or config.tls_key_file is None:
+        return None
+    cert = _read_pem(config.tls_cert_file, "tls_cert_file")
+    key = _read_pem(config.tls_key_file, "tls_key_file")
+    ca = config.tls_client_ca_file
+    return grpc.ssl_server_credentials(
+        [(key, cert)],
+        root_certificates=_read_pem(ca, "tls_client_ca_file") if ca else None,
+        require_client_auth=ca is not None,
+    )
+
+
 def _connect_host(host: str) -> str:
     if host in ("0.0.0.0", ""):
         return "127.0.0.1"
@@ -267,6 +332,10 @@ async def serve_until_signal(config: ServerConfig, stop: asyncio.Event) -> bool:
         True when all accepted work finished within the grace period.
     """
     server = TeacherServer(config)
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        # Only possible on the main thread's loop (the CLI); kubectl/docker send SIGHUP rarely,
+        # the file watcher covers Secret updates anyway.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.reload_tokens)
     await server.bind()
     host = _connect_host(config.host)
     print(

@@ -2,8 +2,10 @@
 
 proto request -> `teacher.validation` -> `teacher.scheduler` -> backend outputs -> proto via
 `teacher.wire`. No model code and no queue logic live here. `_rpc` wraps every method: it
-refuses work while loading or draining, maps any exception through `teacher.errors.to_status`
-(so nothing reaches a client as UNKNOWN) and counts the call by method and status.
+authenticates the call's `authorization: Bearer <token>` metadata into a `teacher.auth.Job` and
+checks the job may call the method, refuses work while loading or draining, maps any exception
+through `teacher.errors.to_status` (so nothing reaches a client as UNKNOWN) and counts the call
+by method and status, and by job once the job is known. Health and reflection stay open.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from tropd.teacher.v1 import teacher_pb2 as pb
 from tropd.teacher.v1 import teacher_pb2_grpc as pb_grpc
 
 from teacher import wire
+from teacher.auth import Job, Method
 from teacher.backends.base import GenerateOutput, ScoreOutput
 from teacher.errors import TeacherError, to_status
 from teacher.scheduler import Clock, Scheduler
@@ -31,31 +34,46 @@ log = logging.getLogger(__name__)
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext, Job], Awaitable[Resp]]
+Wrapped = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
 
 
-def _rpc(method: str) -> Callable[[Handler], Handler]:
-    """Wrap a servicer method with the error boundary and the request metrics."""
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else None
+    return None
 
-    def wrap(fn: Handler) -> Handler:
+
+def _rpc(method: str, right: Method | None) -> Callable[[Handler], Wrapped]:
+    """Wrap a servicer method with authentication, the error boundary and the request metrics.
+
+    Args:
+        method: the RPC name (metrics label).
+        right: what the job must be allowed to do (`Job.allow`), or None (any known job).
+    """
+
+    def wrap(fn: Handler) -> Wrapped:
         @functools.wraps(fn)
         async def handler(self: TeacherServicer, request: Any, context: Any) -> Any:
             started = time.perf_counter()
             self.active_calls += 1
             self._state.metrics.in_flight.inc()
+            job: Job | None = None
             try:
-                response = await fn(self, request, context)
+                job = self._authenticate(context, method, right)
+                response = await fn(self, request, context, job)
             except asyncio.CancelledError:
-                self.record(method, grpc.StatusCode.CANCELLED, started)
+                self.record(method, grpc.StatusCode.CANCELLED, started, job)
                 raise
             except Exception as exc:
                 status = to_status(exc)
                 if not isinstance(exc, TeacherError):
                     log.exception("%s failed with an unexpected error", method)
-                self.record(method, status.code, started)
+                self.record(method, status.code, started, job)
                 await context.abort(status.code, status.message, status.trailing_metadata)
             else:
-                self.record(method, grpc.StatusCode.OK, started)
+                self.record(method, grpc.StatusCode.OK, started, job)
                 return response
             finally:
                 self.active_calls -= 1
@@ -105,38 +123,57 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         self._clock = clock
         self.active_calls = 0
 
-    def record(self, method: str, code: grpc.StatusCode, started: float) -> None:
+    def record(self, method: str, code: grpc.StatusCode, started: float, job: Job | None) -> None:
         metrics = self._state.metrics
         metrics.requests.labels(method, code.name).inc()
         metrics.request_seconds.labels(method).observe(time.perf_counter() - started)
+        if job is not None:
+            metrics.job_requests.labels(job.name, method, code.name).inc()
+
+    def _authenticate(
+        self, context: grpc.aio.ServicerContext, method: str, right: Method | None
+    ) -> Job:
+        auth = self._state.auth
+        try:
+            job = auth.authenticate(_authorization(context))
+            if right is not None:
+                auth.authorize(job, right)
+        except TeacherError as exc:
+            # The peer and the reason only: never the token, not even a malformed one.
+            log.warning("refused %s from %s: %s", method, context.peer(), exc.message)
+            self._state.metrics.on_rejection(exc.reason)
+            raise
+        return job
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> float | None:
         remaining = context.time_remaining()
         return None if remaining is None else self._clock.now() + remaining
 
     def _validated(
-        self, validate: Callable[[Any, Limits], Any], request: Any
+        self, validate: Callable[[Any, Limits], Any], request: Any, job: Job
     ) -> tuple[Any, Scheduler]:
         try:
             limits, scheduler = self._state.check_serving()
             return validate(request, limits), scheduler
         except TeacherError as exc:
-            self._state.metrics.on_rejection(exc.reason)
+            self._state.metrics.on_rejection(exc.reason, job.name)
             raise
 
-    @_rpc("GetModelInfo")
+    @_rpc("GetModelInfo", None)
     async def GetModelInfo(
-        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext, job: Job
     ) -> pb.ModelInfo:
         return self._state.model_info()
 
-    @_rpc("Score")
+    @_rpc("Score", "score")
     async def Score(
-        self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext, job: Job
     ) -> pb.ScoreResponse:
-        work, scheduler = self._validated(validate_score, request)
-        outputs = await scheduler.score(work.tasks, self._deadline(context))
-        self._state.metrics.scored_tokens.inc(sum(t.num_scored for t in work.tasks))
+        work, scheduler = self._validated(validate_score, request, job)
+        outputs = await scheduler.score(work.tasks, self._deadline(context), job)
+        scored = sum(t.num_scored for t in work.tasks)
+        self._state.metrics.scored_tokens.inc(scored)
+        self._state.metrics.job_scored_tokens.labels(job.name).inc(scored)
         info = self._state.info
         return pb.ScoreResponse(
             results=[score_result(out, work.logprob_dtype) for out in outputs],
@@ -144,13 +181,15 @@ class TeacherServicer(pb_grpc.TeacherServicer):
             model_id=self._state.model_id,
         )
 
-    @_rpc("Generate")
+    @_rpc("Generate", "generate")
     async def Generate(
-        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext, job: Job
     ) -> pb.GenerateResponse:
-        work, scheduler = self._validated(validate_generate, request)
-        outputs = await scheduler.generate(work.tasks, self._deadline(context))
-        self._state.metrics.generated_tokens.inc(sum(len(out.ids) for out in outputs))
+        work, scheduler = self._validated(validate_generate, request, job)
+        outputs = await scheduler.generate(work.tasks, self._deadline(context), job)
+        generated = sum(len(out.ids) for out in outputs)
+        self._state.metrics.generated_tokens.inc(generated)
+        self._state.metrics.job_generated_tokens.labels(job.name).inc(generated)
         info = self._state.info
         return pb.GenerateResponse(
             results=[generate_result(out, work.logprob_dtype) for out in outputs],

@@ -1,18 +1,20 @@
 """What the gRPC servicer and the HTTP app share: readiness, the model's facts, the limits.
 
 One `ServerState` per server, mutated only on the event loop (start-up, drain). It answers
-"may a request run now?" and describes the model as the `ModelInfo` message both the gRPC
-`GetModelInfo` and the HTTP `/v1/info` return.
+"may a request run now?", holds the job table (`auth`, see `teacher.auth`: both the gRPC
+servicer and the HTTP routes authenticate through it) and describes the model as the
+`ModelInfo` message both the gRPC `GetModelInfo` and the HTTP `/v1/info` return.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tropd.teacher.v1 import teacher_pb2 as pb
 
 import teacher
+from teacher.auth import Authenticator
 from teacher.backends.base import BackendInfo
 from teacher.config import ServerConfig
 from teacher.errors import Unavailable
@@ -56,6 +58,7 @@ class ServerState:
     limits: Limits | None = None
     scheduler: Scheduler | None = None
     draining: bool = False
+    auth: Authenticator = field(default_factory=lambda: Authenticator(None))
 
     @property
     def ready(self) -> bool:
@@ -110,6 +113,26 @@ class ServerState:
             "capabilities": capabilities,
             "server_version": message.server_version,
         }
+
+    def jobs_dict(self) -> dict[str, Any]:
+        """Configured jobs and their live queues (for /v1/jobs); holds no tokens."""
+        loads = self.scheduler.job_loads() if self.scheduler is not None else {}
+        jobs = []
+        for job in self.auth.jobs:
+            load = loads.get(job.name)
+            jobs.append(
+                {
+                    "name": job.name,
+                    "weight": job.weight,
+                    "allow": sorted(job.allow),
+                    "quotas": asdict(job.quotas),
+                    "queued_tokens": load.queued_tokens if load else 0,
+                    "queued_sequences": load.queued_sequences if load else 0,
+                    "in_flight_requests": load.in_flight_requests if load else 0,
+                    "served_tokens": load.served_tokens if load else 0,
+                }
+            )
+        return {"auth_enforced": self.auth.enforced, "jobs": jobs}
 
     def model_info(self) -> pb.ModelInfo:
         """The `ModelInfo` message (raises Unavailable before the model is loaded)."""
