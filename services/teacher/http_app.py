@@ -13,9 +13,10 @@ import socket
 from collections.abc import Iterator
 
 import uvicorn
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
+from teacher.errors import TeacherError
 from teacher.metrics import CONTENT_TYPE
 from teacher.state import ServerState
 from teacher.tgi_api import tgi_router
@@ -27,7 +28,8 @@ def build_app(state: ServerState) -> FastAPI:
     Args:
         state: readiness flags, model facts and metrics of the server.
     Returns:
-        An app with GET /livez, /readyz, /metrics and /v1/info, plus TGI's POST /,
+        An app with GET /livez, /readyz, /metrics, /v1/info and /v1/jobs (job token
+        required when the server enforces tokens), plus TGI's POST /,
         /generate, /tokenize and GET /info.
     """
     app = FastAPI(title="tropd teacher", docs_url=None, redoc_url=None, openapi_url=None)
@@ -52,6 +54,16 @@ def build_app(state: ServerState) -> FastAPI:
         if state.info is None:
             return JSONResponse({"status": "loading"}, status_code=503)
         return JSONResponse(state.info_dict())
+
+    @app.get("/v1/jobs")
+    def jobs(request: Request) -> JSONResponse:
+        # Any known job may look (anonymous where allowed): names, weights, quotas, live queues.
+        try:
+            state.auth.authenticate(request.headers.get("authorization"))
+        except TeacherError as exc:
+            headers = {"WWW-Authenticate": "Bearer"}
+            return JSONResponse({"error": exc.message}, status_code=401, headers=headers)
+        return JSONResponse(state.jobs_dict())
 
     app.include_router(tgi_router(state))
     return app
