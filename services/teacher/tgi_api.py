@@ -11,8 +11,11 @@ batching, queue limits and metrics with gRPC students. Differences from TGI, by 
 * Unsupported parameters (best_of > 1, repetition/frequency penalty, top_k, typical_p,
   truncate, stop strings, grammar, watermark, adapters, streaming) are refused with 422,
   never silently ignored.
-Errors use TGI's body `{"error", "error_type"}`: 422 validation, 429 overloaded,
-503 unavailable, 424 generation.
+Callers authenticate like gRPC students (`authorization: Bearer <job token>`, `teacher.auth`):
+their work runs under their job's fair share and quotas; generating needs the job's `generate`
+right, prompt log-probs and top-n its `score` right. Errors use TGI's body
+`{"error", "error_type"}`: 422 validation, 429 overloaded, 503 unavailable, 424 generation,
+401/403 for a missing or refused token.
 """
 
 from __future__ import annotations
@@ -25,18 +28,20 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.params import Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tropd.teacher.v1 import teacher_pb2 as pb
 
 import teacher
 from teacher import wire
+from teacher.auth import Job, Method
 from teacher.errors import (
     FailedPrecondition,
     InvalidArgument,
+    PermissionDenied,
     ResourceExhausted,
     TeacherError,
+    Unauthenticated,
     Unavailable,
     Unimplemented,
 )
@@ -104,6 +109,8 @@ _STATUS: tuple[tuple[type[TeacherError], int, str], ...] = (
     (FailedPrecondition, 422, "validation"),
     (ResourceExhausted, 429, "overloaded"),
     (Unavailable, 503, "unavailable"),
+    (Unauthenticated, 401, "unauthenticated"),
+    (PermissionDenied, 403, "permission_denied"),
 )
 
 
@@ -146,7 +153,17 @@ class _Translator:
             )
         return tok
 
-    async def generate(self, req: GenerateRequest) -> dict[str, Any]:
+    def admit(self, request: Request, rights: Sequence[Method] = ()) -> Job:
+        """The caller's job (from its bearer token), checked for each of `rights`."""
+        auth = self._state.auth
+        job = auth.authenticate(request.headers.get("authorization"))
+        for right in rights:
+            auth.authorize(job, right)
+        return job
+
+    async def generate(self, request: Request) -> dict[str, Any]:
+        job = self.admit(request)
+        req = await _parse(request)
         p = req.parameters
         bad = _unsupported(p, req.stream)
         if bad:
@@ -158,6 +175,12 @@ class _Translator:
         if new is None:
             room = limits.max_sequence_length - len(ids)
             new = max(0, min(DEFAULT_MAX_NEW_TOKENS, limits.max_new_tokens, room))
+        top_n = p.top_n_tokens or 0
+        rights: list[Method] = ["generate"] if new > 0 else []
+        if p.decoder_input_details or top_n:
+            rights.append("score")
+        for right in rights:
+            self._state.auth.authorize(job, right)
         sampling = p.do_sample or p.temperature not in (None, 1.0) or p.top_p not in (None, 1.0)
         seed = (p.seed if p.seed is not None else secrets.randbelow(2**63)) if sampling else None
         generated = np.zeros(0, np.int32)
@@ -174,12 +197,13 @@ class _Translator:
             if seed is not None:
                 request.seed = seed
             work = validate_generate(request, limits)
-            [out] = await scheduler.generate(work.tasks)
+            [out] = await scheduler.generate(work.tasks, job=job)
             generated, gen_logprobs = out.ids, out.logprobs
             finish = "eos_token" if out.finish_reason == "stop" else "length"
         full = np.concatenate([ids, generated]).astype(np.int32)
-        top_n = p.top_n_tokens or 0
-        prefill_rows, top_rows = await self._score(full, len(ids), p.decoder_input_details, top_n)
+        prefill_rows, top_rows = await self._score(
+            full, len(ids), p.decoder_input_details, top_n, job
+        )
         text = tok.decode(generated.tolist(), skip_special_tokens=True)
         if p.return_full_text:
             text = req.inputs + text
@@ -211,7 +235,7 @@ class _Translator:
         return {"generated_text": text, "details": details}
 
     async def _score(
-        self, full: np.ndarray, n_prompt: int, prefill: bool, top_n: int
+        self, full: np.ndarray, n_prompt: int, prefill: bool, top_n: int, job: Job
     ) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
         """Prompt log-probs (rows for ids[1:n_prompt]) and top-n of generated positions."""
         start = 1 if prefill else n_prompt
@@ -220,7 +244,7 @@ class _Translator:
         limits, scheduler = self._state.check_serving()
         item = pb.ScoreItem(ids=wire.to_tensor(full, np.int32), start=start, end=len(full))
         work = validate_score(pb.ScoreRequest(items=[item], top_k=top_n), limits)
-        [out] = await scheduler.score(work.tasks)
+        [out] = await scheduler.score(work.tasks, job=job)
         offset = n_prompt - start  # row of the first generated position
         prefill_rows = out.logprobs[:offset] if prefill else None
         top_rows = None
@@ -237,7 +261,9 @@ class _Translator:
             "special": token_id in tok.special_ids,
         }
 
-    def tokenize(self, req: GenerateRequest) -> list[dict[str, Any]]:
+    async def tokenize(self, request: Request) -> list[dict[str, Any]]:
+        self.admit(request)
+        req = await _parse(request)
         self._state.check_serving()
         enc = self.tokenizer().encode(req.inputs)
         return [
@@ -245,7 +271,8 @@ class _Translator:
             for i, (a, b) in zip(enc.ids, enc.offsets, strict=True)
         ]
 
-    def info(self) -> dict[str, Any]:
+    def info(self, request: Request) -> dict[str, Any]:
+        self.admit(request)
         limits, _ = self._state.check_serving()
         info = self._state.info
         assert info is not None  # check_serving passed
@@ -283,22 +310,21 @@ async def _parse(request: Request) -> GenerateRequest:
         raise InvalidArgument(f"Input validation error: body is not JSON: {exc}") from None
 
 
-def tgi_router(state: ServerState, dependencies: Sequence[Depends] = ()) -> APIRouter:
+def tgi_router(state: ServerState) -> APIRouter:
     """The TGI-compatible routes over one server's state.
 
     Args:
-        state: the server state (readiness, limits, scheduler, model facts).
-        dependencies: FastAPI dependencies run before every route (e.g. job-token checks).
+        state: the server state (readiness, limits, scheduler, model facts, job tokens).
     Returns:
         A router with POST / (TGI's compat route: a one-element list), POST /generate,
         POST /tokenize and GET /info.
     """
-    router = APIRouter(dependencies=list(dependencies))
+    router = APIRouter()
     translator = _Translator(state)
 
     async def run_generate(request: Request) -> dict[str, Any] | JSONResponse:
         try:
-            return await translator.generate(await _parse(request))
+            return await translator.generate(request)
         except TeacherError as exc:
             state.metrics.on_rejection(exc.reason)
             return error_response(exc)
@@ -315,14 +341,14 @@ def tgi_router(state: ServerState, dependencies: Sequence[Depends] = ()) -> APIR
     @router.post("/tokenize")
     async def tokenize(request: Request) -> Any:
         try:
-            return translator.tokenize(await _parse(request))
+            return await translator.tokenize(request)
         except TeacherError as exc:
             return error_response(exc)
 
     @router.get("/info")
-    def info() -> Any:
+    def info(request: Request) -> Any:
         try:
-            return translator.info()
+            return translator.info(request)
         except TeacherError as exc:
             return error_response(exc)
 

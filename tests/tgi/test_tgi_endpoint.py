@@ -147,3 +147,39 @@ def test_teacher_errors_become_tgi_error_bodies(error, status: int, kind: str) -
     assert json.loads(response.body) == {"error": error.message, "error_type": kind}
     hint = getattr(error, "retry_after_s", None)
     assert response.headers.get("retry-after") == (None if hint is None else str(round(hint)))
+
+
+def test_tgi_routes_use_the_job_tokens(
+    tiny_llama_dir: Path, make_hf_config, tgi_probe, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(
+        "jobs:\n"
+        "  - {name: writer, token: writer-token-0123456789}\n"
+        "  - {name: grader, token: grader-token-0123456789, allow: [score]}\n"
+    )
+    with start_server(make_hf_config(tiny_llama_dir, tokens_file=str(tokens))) as handle:
+        writer = {"Authorization": "Bearer writer-token-0123456789"}
+        grader = {"Authorization": "Bearer grader-token-0123456789"}
+        scoring = {"max_new_tokens": 0, "decoder_input_details": True}
+        anonymous, wrong, written, refused, scored, info = tgi_probe(
+            handle.http_url,
+            [
+                {"route": "client", "inputs": PROMPT, "kwargs": {"max_new_tokens": 2}},
+                {"route": "info", "headers": {"Authorization": "Bearer not-a-known-token-00"}},
+                {"route": "client", "inputs": PROMPT, "kwargs": {"max_new_tokens": 2},
+                 "headers": writer},
+                {"route": "client", "inputs": PROMPT, "kwargs": {"max_new_tokens": 2},
+                 "headers": grader},
+                {"route": "generate", "inputs": PROMPT, "kwargs": scoring, "headers": grader},
+                {"route": "info", "headers": grader},
+            ],
+        )  # fmt: skip
+    assert anonymous["error"] == "UnknownError" and "token" in anonymous["message"]
+    assert wrong["status"] == 401 and wrong["body"]["error_type"] == "unauthenticated"
+    assert written["details"]["generated_tokens"] == 2
+    # text-generation 0.7.0 files a 403 under ShardNotReadyError (its Inference-API heritage).
+    assert refused["error"] == "ShardNotReadyError"
+    assert "may not call generate" in refused["message"]
+    assert scored["details"]["generated_tokens"] == 0 and len(scored["details"]["prefill"]) > 1
+    assert info["status"] == 200
