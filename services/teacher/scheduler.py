@@ -401,7 +401,13 @@ class Scheduler:
                 rate if self._tokens_per_s is None else (0.8 * self._tokens_per_s + 0.2 * rate)
             )
         for item, output in zip(batch, outputs, strict=True):
-            if not item.future.done():
+            if item.future.done():
+                continue
+            # A backend may refuse one sequence (e.g. a remote server tokenised it differently)
+            # without failing the others that shared its batch.
+            if isinstance(output, TeacherError):
+                item.future.set_exception(output)
+            else:
                 item.future.set_result(output)
 
     async def drain(self, timeout_s: float) -> bool:

@@ -15,6 +15,7 @@ import os
 import threading
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -86,6 +87,33 @@ def test_ids_that_do_not_round_trip_are_refused(
         client.score([spelled], 1)
     assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "differently at position 3" in refused.value.details
+
+
+def test_a_refused_sequence_fails_alone(
+    hf_teacher: ServerHandle, tiny_llama_dir: Path, tgi_teacher_factory
+) -> None:
+    tok = TextTokenizer(tiny_llama_dir)
+    # A long delay cap: the two callers' sequences share one batch.
+    tgi = tgi_teacher_factory(hf_teacher.http_url, tiny_llama_dir, "--max-delay-ms", "300")
+    canonical = tok.encode("the answer").ids
+    spelled = canonical[:3] + [tok.encode(c).ids[0] for c in " answer"]
+    with (
+        TeacherClient(tgi.target, timeout=60, max_retries=0) as client,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        good = pool.submit(client.score, [canonical], 1)
+        bad = pool.submit(client.score, [spelled], 1)
+        assert len(good.result()[0].logprobs) == len(canonical) - 1
+        with pytest.raises(TeacherRpcError) as refused:
+            bad.result()
+    assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{tgi.http_port}/metrics", timeout=10)
+    forwards = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.read().decode().splitlines()
+        if line.startswith("teacher_forward_seconds_count") and 'kind="score"' in line
+    ]
+    assert sum(forwards) == 1  # both sequences went to the backend in one batch
 
 
 def test_a_mismatched_tokenizer_is_caught_at_start(

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
+from teacher.errors import TeacherError
 from teacher.fingerprint import TokenizerFingerprint
 
 
@@ -99,8 +100,12 @@ class Backend(Protocol):
     def warmup(self) -> None:
         """Run a small forward so the first real request pays no lazy-initialisation cost."""
 
-    def score(self, tasks: Sequence[ScoreTask]) -> list[ScoreOutput]:
-        """Score a batch. Results must not depend on which other tasks share the batch."""
+    def score(self, tasks: Sequence[ScoreTask]) -> Sequence[ScoreOutput | TeacherError]:
+        """Score a batch. Results must not depend on which other tasks share the batch.
+
+        A `TeacherError` in place of an output fails that task alone (its caller gets the
+        error's status); raising fails the whole batch.
+        """
         ...
 
     def generate(self, tasks: Sequence[GenerateTask]) -> list[GenerateOutput]:

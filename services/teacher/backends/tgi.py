@@ -164,16 +164,17 @@ class TGIBackend:
         ids = np.asarray(self.tokenizer.encode("the").ids, dtype=np.int32)
         if len(ids) < 2:
             ids = np.asarray(self.tokenizer.encode("the answer is").ids, dtype=np.int32)
-        self.score([ScoreTask(ids, 1, len(ids))])
+        self._score_one(ScoreTask(ids, 1, len(ids)))
 
-    def score(self, tasks: Sequence[ScoreTask]) -> list[ScoreOutput]:
+    def score(self, tasks: Sequence[ScoreTask]) -> list[ScoreOutput | TeacherError]:
         """Score each task with one TGI request, `concurrency` at a time.
 
-        Raises:
-            FailedPrecondition: TGI tokenised a sequence differently, or prefill log-probs are
-                off. Other TGI failures as mapped by `map_tgi_error`.
+        Returns:
+            Per task, its log-probs, or the error that task alone fails with:
+            FailedPrecondition when TGI tokenised it differently or prefill log-probs are off,
+            other TGI refusals as mapped by `map_tgi_error`.
         """
-        return self._parallel(self._score_one, tasks)
+        return self._parallel(self._score_or_error, tasks)
 
     def generate(self, tasks: Sequence[GenerateTask]) -> list[GenerateOutput]:
         raise Unimplemented("the tgi backend does not generate through tropd; use TGI directly")
@@ -182,6 +183,12 @@ class TGIBackend:
         if len(tasks) == 1:
             return [fn(tasks[0])]
         return list(self._pool.map(fn, tasks))
+
+    def _score_or_error(self, task: ScoreTask) -> ScoreOutput | TeacherError:
+        try:
+            return self._score_one(task)
+        except TeacherError as exc:
+            return exc
 
     def _score_one(self, task: ScoreTask) -> ScoreOutput:
         if task.top_k or task.candidates is not None:
