@@ -4,8 +4,9 @@ real `text-generation` client) in front of a TGI-speaking server, checked over g
 The TGI side is our own hf teacher's TGI-compatible routes (no real TGI server runs here), so
 the `tgi` teacher's log-probs must equal the hf teacher's own. Error statuses are produced by a
 small loopback proxy that answers like TGI does when it refuses. With TGI_URL (and
-TGI_TOKENIZER, the folder of that server's tokenizer files) set, the same checks of
-round-trip and scoring run against a real TGI server.
+TGI_TOKENIZER, the folder of that server's tokenizer files, or of its whole checkpoint for a
+comparison with a float32 forward here) set, the round-trip and scoring checks run against a
+real TGI server.
 """
 
 from __future__ import annotations
@@ -211,6 +212,17 @@ def test_against_a_real_tgi_server(tgi_teacher_factory) -> None:
         assert client.info().backend == "tgi"
         for scored in client.score(sequences, 1):
             assert np.all(np.isfinite(scored.logprobs)) and np.all(scored.logprobs <= 0)
+        if (tokenizer_dir / "config.json").is_file():
+            # The folder is the whole checkpoint: compare with a float32 forward on this CPU.
+            # TGI computes in its own dtype (bf16/fp16 on GPU), hence the loose tolerance.
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(tokenizer_dir, dtype=torch.float32)
+            for ids, scored in zip(sequences, client.score(sequences, 1), strict=True):
+                with torch.inference_mode():
+                    logits = model(torch.as_tensor([ids])).logits[0].float()
+                ref = torch.log_softmax(logits, -1)[torch.arange(len(ids) - 1), ids[1:]]
+                np.testing.assert_allclose(scored.logprobs, ref.numpy(), atol=0.15)
         spelled = sequences[0][:1] + [tok.encode(c, add_special_tokens=False).ids[0]
                                       for c in TEXTS[0]]  # fmt: skip
         if spelled != sequences[0]:
