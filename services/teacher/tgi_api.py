@@ -187,7 +187,7 @@ class _Translator:
         gen_logprobs = np.zeros(0, np.float32)
         finish = "length"
         if new > 0:
-            request = pb.GenerateRequest(
+            gen_request = pb.GenerateRequest(
                 prompts=[wire.to_tensor(ids, np.int32)],
                 max_new_tokens=new,
                 temperature=(p.temperature or 1.0) if sampling else 0.0,
@@ -195,8 +195,8 @@ class _Translator:
                 stop_ids=[] if tok.eos_id is None else [tok.eos_id],
             )
             if seed is not None:
-                request.seed = seed
-            work = validate_generate(request, limits)
+                gen_request.seed = seed
+            work = validate_generate(gen_request, limits)
             [out] = await scheduler.generate(work.tasks, job=job)
             generated, gen_logprobs = out.ids, out.logprobs
             finish = "eos_token" if out.finish_reason == "stop" else "length"
@@ -219,12 +219,13 @@ class _Translator:
                 for i, lp in zip(generated, gen_logprobs, strict=True)
             ],
         }
-        if p.decoder_input_details and prefill_rows is not None:
+        if p.decoder_input_details:
+            rows = np.zeros(0, np.float32) if prefill_rows is None else prefill_rows
             details["prefill"] = [
                 {"id": int(ids[0]), "text": tok.token_text(int(ids[0])), "logprob": None}
             ] + [
                 {"id": int(i), "text": tok.token_text(int(i)), "logprob": float(lp)}
-                for i, lp in zip(ids[1:], prefill_rows, strict=True)
+                for i, lp in zip(ids[1:], rows, strict=True)
             ]
         if top_n and top_rows is not None:
             top_ids, top_lps = top_rows
