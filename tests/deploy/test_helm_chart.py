@@ -133,6 +133,14 @@ BAD_VALUES = [
         "/trainer/teacherTarget",
         id="target-without-port",
     ),
+    pytest.param(
+        {"teacher": {"config": {"backend": "tgi"}}}, "tgi_url", id="tgi-backend-without-url"
+    ),
+    pytest.param(
+        {"teacher": {"config": {"backend": "tgi", "tgi_url": "tgi:80"}}},
+        "/teacher/config/tgi_url",
+        id="tgi-url-without-scheme",
+    ),
 ]
 
 
