@@ -6,7 +6,9 @@ form the next forward pass:
   deficit grows by a quantum proportional to its weight, and it sends items while their lengths
   fit the deficit. A job that empties its queue loses its deficit (no banking credit while idle).
   A turn cut short by a full batch resumes in the next batch, so backlogged jobs receive tokens
-  in proportion to their weights, and every job with work gets at least one item per round;
+  in proportion to their weights, and every job with work gets at least one item per round.
+  A job that becomes active is put next in the ring, so a light job's request is not stuck
+  behind a whole round of floods;
 * budget: a batch costs `len(batch) * max(item.length)` tokens (padding counted) and stays
   within `max_batch_tokens`; an item longer than the budget runs alone rather than never;
 * bucketing: within its turn a job sends its oldest item first, then those closest in length
@@ -112,8 +114,29 @@ class BatchPlanner:
 
     def add(self, items: list[WorkItem]) -> None:
         for item in items:
-            self._queues[item.kind].setdefault(item.job, []).append(item)
+            if item.job not in self._queues[item.kind]:
+                self._activate(item.kind, item.job)
+            self._queues[item.kind][item.job].append(item)
         self._account(items, +1)
+
+    def _activate(self, kind: Kind, job: str) -> None:
+        """Put a job that had no work of `kind` next in the ring (after a turn in progress).
+
+        As in FQ-CoDel's new-flow list: a sparse job's request, if it fits one quantum, runs in
+        the next batch instead of waiting a whole round behind the backlogged jobs. It arrives
+        with no deficit, so backlogged jobs keep their long-run weighted shares.
+        """
+        queues, turns = self._queues[kind], self._turns[kind]
+        ring = list(queues.items())
+        at = next((i for i, (name, _) in enumerate(ring) if name == turns.cursor), None)
+        if at is None:
+            queues[job] = []
+            return
+        at += 1 if turns.granted else 0
+        ring.insert(at, (job, []))
+        self._queues[kind] = dict(ring)
+        if not turns.granted:
+            turns.cursor = job
 
     def _set_queue(self, kind: Kind, job: str, items: list[WorkItem]) -> None:
         """Replace a job's queue; an emptied queue leaves the ring and forfeits its deficit."""
@@ -155,10 +178,14 @@ class BatchPlanner:
         ordered = {job: _turn_order(items) for job, items in queues.items()}
         taken = dict.fromkeys(ring, 0)
         deficit = {job: old.deficit.get(job, 0.0) for job in ring}
-        # Quantum: the longest pending item times weight / lightest weight, so that every job
-        # can send at least one item per round and quanta stay proportional to weights.
+        # Quanta are proportional to weights; one round is about one batch (so a light job's
+        # whole request usually rides the next batch), and no quantum is below the longest
+        # pending item (so every job sends at least one item per round).
+        weight = {job: items[-1].weight for job, items in queues.items()}
         longest = max(it.length for items in queues.values() for it in items)
-        lightest = min(items[-1].weight for items in queues.values())
+        per_weight = max(
+            longest / min(weight.values()), self.max_batch_tokens / sum(weight.values())
+        )
         i = ring.index(old.cursor) if old.cursor in queues else 0
         granted = old.granted and old.cursor in queues
         batch: list[WorkItem] = []
@@ -169,7 +196,7 @@ class BatchPlanner:
             items = ordered[job]
             if taken[job] < len(items):
                 if not granted:
-                    deficit[job] += longest * items[0].weight / lightest
+                    deficit[job] += per_weight * weight[job]
                     granted = True
                 while taken[job] < len(items) and items[taken[job]].length <= deficit[job]:
                     item = items[taken[job]]

@@ -397,3 +397,14 @@ def test_full_queue_refuses_the_job_over_its_share_not_the_light_one() -> None:
         await sched.close()
 
     run(main)
+
+
+def test_a_light_job_rides_the_next_batch_beside_floods() -> None:
+    planner = BatchPlanner(max_batch_tokens=200, max_delay_s=0.0)
+    planner.add(job_items("flood-1", 1.0, [10] * 200, 0.0))
+    planner.add(job_items("flood-2", 1.0, [10] * 200, 0.0))
+    planner.next_batch(now=1.0)  # the floods are mid-round
+    planner.add(job_items("light", 1.0, [10] * 6, 1.0))
+    nxt = planner.next_batch(now=1.0)
+    assert sum(it.job == "light" for it in nxt) == 6  # all of it, not one item per round
+    assert sum(planner.job_items().values()) == 400 - 20 - (20 - 6)  # two full batches
