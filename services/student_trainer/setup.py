@@ -150,6 +150,16 @@ def check_teacher(
         raise SetupError(
             f"loss.topk={cfg.loss.topk} is above the teacher's max top-k {info.limits.max_top_k}"
         )
+    drafts_from_teacher = cfg.guidance.source == "teacher" and (
+        cfg.guidance.fraction > 0 or cfg.loss.method == "sft"
+    )
+    if drafts_from_teacher and not info.capabilities.generate:
+        raise SetupError(
+            f"the {info.backend!r} teacher backend cannot generate, but guidance.fraction="
+            f"{cfg.guidance.fraction} / loss.method={cfg.loss.method!r} need teacher drafts; "
+            "write them with a generating teacher (`tropd-train generate-drafts`) and set "
+            "guidance.source=file, or turn guidance off"
+        )
     if needs_teacher_entropy(cfg.loss) and not info.capabilities.entropy:
         raise SetupError(
             f"loss {cfg.loss.method!r} needs teacher entropies; "
