@@ -1,0 +1,65 @@
+"""The trainer's refusals before step 0: tokenizer, vocabulary and teacher capabilities."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from teacher.client import Capabilities, Limits, TeacherInfo
+from teacher.fingerprint import fingerprint_of
+from transformers import AutoTokenizer
+
+from student_trainer.config import load_config
+from student_trainer.errors import SetupError
+from student_trainer.setup import check_teacher
+from student_trainer.world import builtin_world_dir
+
+VOCAB_ROWS = 19
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(builtin_world_dir() / "student")
+
+
+def _info(tokenizer, backend: str = "hf", **capabilities: bool) -> TeacherInfo:
+    caps = dict(
+        score=True, top_k=True, candidates=True, logsumexp=True, entropy=True, rank=True,
+        generate=True,
+    )  # fmt: skip
+    caps.update(capabilities)
+    return TeacherInfo(
+        model_id="t", revision="", backend=backend, dtype="float32", device="cpu",
+        vocab_size=VOCAB_ROWS, fingerprint=fingerprint_of(tokenizer),
+        limits=Limits(64, 128, 16, 65536, 64), capabilities=Capabilities(**caps),
+        server_version="test",
+    )  # fmt: skip
+
+
+def test_a_fitting_teacher_passes(tokenizer) -> None:
+    check_teacher(load_config(None), _info(tokenizer), tokenizer, VOCAB_ROWS)
+
+
+def test_topk_loss_refused_on_a_backend_without_topk(tokenizer) -> None:
+    info = _info(tokenizer, backend="tgi", top_k=False, candidates=False, generate=False)
+    with pytest.raises(SetupError, match="'tropd'.*top-k.*'tgi'"):
+        check_teacher(load_config(None, ["loss.outlier=topk_fkl"]), info, tokenizer, VOCAB_ROWS)
+    check_teacher(load_config(None, ["loss.outlier=mask"]), info, tokenizer, VOCAB_ROWS)
+
+
+def test_guidance_refused_when_the_teacher_cannot_generate(tokenizer) -> None:
+    info = _info(tokenizer, backend="tgi", generate=False)
+    with pytest.raises(SetupError, match="cannot generate"):
+        check_teacher(load_config(None, ["guidance.fraction=0.5"]), info, tokenizer, VOCAB_ROWS)
+
+
+def test_vocab_and_fingerprint_mismatch_refused(tokenizer) -> None:
+    cfg = load_config(None)
+    with pytest.raises(SetupError, match="vocabulary size mismatch"):
+        check_teacher(cfg, _info(tokenizer), tokenizer, VOCAB_ROWS + 1)
+    other = dataclasses.replace(
+        _info(tokenizer),
+        fingerprint=dataclasses.replace(fingerprint_of(tokenizer), sha256="0" * 64),
+    )
+    with pytest.raises(SetupError, match="tokenizer mismatch.*student.*teacher"):
+        check_teacher(cfg, other, tokenizer, VOCAB_ROWS)
