@@ -5,14 +5,13 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from teacher.client import Capabilities, Limits, TeacherInfo
-from teacher.fingerprint import fingerprint_of
-from transformers import AutoTokenizer
-
 from student_trainer.config import load_config
 from student_trainer.errors import SetupError
 from student_trainer.setup import check_teacher
 from student_trainer.world import builtin_world_dir
+from teacher.client import Capabilities, Limits, TeacherInfo
+from teacher.fingerprint import fingerprint_of
+from transformers import AutoTokenizer
 
 VOCAB_ROWS = 19
 
