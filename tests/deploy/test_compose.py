@@ -25,9 +25,6 @@ from deploy_support import (
     read_env_file,
 )
 
-# PLACEHOLDER of the job-token work (issue 5): passed to the teacher, not yet a server setting.
-PENDING_TEACHER_ENV = {"TEACHER_TOKENS_FILE"}
-
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
@@ -77,7 +74,24 @@ def test_default_profile_is_one_teacher_and_two_students(compose: dict[str, Any]
     assert len({_override(s, "train.run_dir") for s in students}) == 2
     raw = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
     tokens = {raw[name]["environment"]["TEACHER_TOKEN"] for name in ("student-a", "student-b")}
-    assert tokens == {"${STUDENT_A_TOKEN:-}", "${STUDENT_B_TOKEN:-}"}
+    assert tokens == {
+        "${STUDENT_A_TOKEN:-student-a-demo-token-change-me}",
+        "${STUDENT_B_TOKEN:-student-b-demo-token-change-me}",
+    }
+
+
+def test_job_tokens_are_on_by_default_and_match_the_students(compose: dict[str, Any]) -> None:
+    from teacher.auth import Authenticator
+    from teacher.config import load_config
+
+    teacher = compose["services"]["teacher"]
+    config = load_config(environ={k: str(v) for k, v in teacher["environment"].items()})
+    assert config.tokens_file == "/etc/tropd/auth/tokens.yaml" and not config.allow_anonymous
+    (mount,) = [v for v in teacher["volumes"] if v.endswith(":/etc/tropd/auth:ro")]
+    auth = Authenticator(str(ROOT / mount.split(":")[0] / "tokens.yaml"))
+    for name in ("student-a", "student-b"):
+        token = compose["services"][name]["environment"]["TEACHER_TOKEN"]
+        assert auth.authenticate(f"Bearer {token}").name == name
 
 
 def test_gpu_profile_reserves_an_nvidia_gpu(compose: dict[str, Any]) -> None:
@@ -112,7 +126,7 @@ def test_teacher_environment_loads_in_the_server_config(compose: dict[str, Any],
     from teacher.config import load_config
 
     spec = compose["services"][name]
-    env = {k: str(v) for k, v in spec["environment"].items() if k not in PENDING_TEACHER_ENV}
+    env = {k: str(v) for k, v in spec["environment"].items()}
     config = load_config(environ=env)
     assert {container_port(p) for p in spec["ports"]} == {config.port, config.http_port}
 

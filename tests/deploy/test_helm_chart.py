@@ -33,10 +33,9 @@ OLDEST_KUBE = "1.29.0"  # Chart.yaml kubeVersion
 KUBE_VERSIONS = (OLDEST_KUBE, kubernetes_validate.utils.latest_version())
 # Custom resources have no schema in kubernetes-validate; they get a structural check below.
 CRD_KINDS = {"ServiceMonitor"}
-# Settings the chart derives itself (from teacher.model and teacher.ports), not teacher.config.
-CHART_SET_TEACHER_FIELDS = {"model", "host", "port", "http_port"}
-# PLACEHOLDER of the job-token work (issue 5): set by the chart, not yet a server setting.
-PENDING_TEACHER_ENV = {"TEACHER_TOKENS_FILE"}
+# Settings the chart derives itself (from teacher.model, teacher.ports and auth), not
+# teacher.config.
+CHART_SET_TEACHER_FIELDS = {"model", "host", "port", "http_port", "tokens_file"}
 
 
 @pytest.mark.parametrize("values_file", VALUES_FILES, ids=values_id)
@@ -164,7 +163,9 @@ BAD_COMBINATIONS = [
     pytest.param(
         {"students": [{"name": "a"}, {"name": "a"}]}, "appears twice", id="duplicate-student"
     ),
-    pytest.param({"auth": {"enabled": True}}, "auth.existingSecret", id="auth-without-tokens"),
+    pytest.param(
+        {"auth": {"enabled": True, "jobs": []}}, "auth.existingSecret", id="auth-without-tokens"
+    ),
     pytest.param(
         {"teacher": {"enabled": False}}, "trainer.teacherTarget", id="no-teacher-no-target"
     ),
@@ -210,8 +211,7 @@ def test_teacher_environment_loads_in_the_server_config(values_file: Path | None
     maps = [c for c in find(objs, "ConfigMap") if c["metadata"]["name"].endswith("-teacher")]
     if not maps:
         pytest.skip("no teacher in this release")
-    env = {k: v for k, v in maps[0]["data"].items() if k not in PENDING_TEACHER_ENV}
-    config = load_config(environ=env)
+    config = load_config(environ=maps[0]["data"])
     (deployment,) = find(objs, "Deployment")
     ports = {
         p["name"]: p["containerPort"]
