@@ -147,6 +147,24 @@ class Probe:
         return self.latencies_s
 
 
+def _wait_served(
+    ctx: dict[str, Any],
+    start: dict[str, int],
+    names: list[str],
+    procs: dict[str, subprocess.Popen],
+    out: Path,
+) -> dict[str, int]:
+    """Wait until every trainer in `names` is past its start-up (it has been served)."""
+    while True:
+        now = _served(ctx["http"], ctx["tokens"]["probe"])
+        if all(now.get(name, 0) > start.get(name, 0) for name in names):
+            return now
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"trainer {name} exited early; see {out / (name + '.log')}")
+        time.sleep(0.2)
+
+
 def _percentiles_ms(values: list[float]) -> dict[str, float | int]:
     if not values:
         return {"n": 0}
@@ -174,16 +192,12 @@ def _phase(
     """Run trainers `names` until every light one has finished; probe the whole time."""
     tokens, probe = ctx["tokens"], ctx["probe"]
     start = _served(ctx["http"], tokens["probe"])
-    procs = {name: _start_trainer(name, ctx["target"], tokens[name], out, args) for name in names}
     lights = [name for name in names if name != "greedy"]
-    while True:  # every trainer is past its start-up once it has been served
-        now = _served(ctx["http"], tokens["probe"])
-        if all(now.get(name, 0) > start.get(name, 0) for name in names):
-            break
-        for name, proc in procs.items():
-            if proc.poll() is not None:
-                raise RuntimeError(f"trainer {name} exited early; see {out / (name + '.log')}")
-        time.sleep(0.2)
+    procs: dict[str, subprocess.Popen] = {}
+    # greedy first: the light jobs start once it is scoring, so they train beside it throughout.
+    for group in (["greedy"] if "greedy" in names else [], lights):
+        procs.update({n: _start_trainer(n, ctx["target"], tokens[n], out, args) for n in group})
+        now = _wait_served(ctx, start, group, procs, out)
     before = now
     probe.start()
     while all(procs[name].poll() is None for name in lights):
@@ -210,7 +224,7 @@ def _phase(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 light steps")
-    parser.add_argument("--steps", type=int, default=60, help="light trainers' steps [60]")
+    parser.add_argument("--steps", type=int, default=150, help="light trainers' steps [150]")
     parser.add_argument("--greedy-factor", type=int, default=16, help="greedy's prompts x [16]")
     parser.add_argument("--max-batch-tokens", type=int, default=1024, help="teacher budget")
     parser.add_argument("--out", type=Path, help="JSON path [benchmarks/results/...]")

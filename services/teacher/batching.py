@@ -7,8 +7,8 @@ form the next forward pass:
   fit the deficit. A job that empties its queue loses its deficit (no banking credit while idle).
   A turn cut short by a full batch resumes in the next batch, so backlogged jobs receive tokens
   in proportion to their weights, and every job with work gets at least one item per round.
-  A job that becomes active is put next in the ring, so a light job's request is not stuck
-  behind a whole round of floods;
+  The lightest job's quantum is one batch, and a job that becomes active is put next in the
+  ring, so a light job's request rides the next batch instead of queueing behind the floods;
 * budget: a batch costs `len(batch) * max(item.length)` tokens (padding counted) and stays
   within `max_batch_tokens`; an item longer than the budget runs alone rather than never;
 * bucketing: within its turn a job sends its oldest item first, then those closest in length
@@ -59,7 +59,7 @@ class _Turns:
 
     deficit: dict[str, float] = field(default_factory=dict)
     cursor: str | None = None  # the job whose turn comes next (or continues)
-    granted: bool = False  # the cursor job already received this round's quantum
+    granted: str | None = None  # a job whose turn a full batch cut short (quantum received)
 
 
 @dataclass
@@ -120,11 +120,12 @@ class BatchPlanner:
         self._account(items, +1)
 
     def _activate(self, kind: Kind, job: str) -> None:
-        """Put a job that had no work of `kind` next in the ring (after a turn in progress).
+        """Put a job that had no work of `kind` next in the ring, before the cursor.
 
         As in FQ-CoDel's new-flow list: a sparse job's request, if it fits one quantum, runs in
         the next batch instead of waiting a whole round behind the backlogged jobs. It arrives
-        with no deficit, so backlogged jobs keep their long-run weighted shares.
+        with no deficit, and a turn it interrupts resumes without a second quantum, so
+        backlogged jobs keep their long-run weighted shares.
         """
         queues, turns = self._queues[kind], self._turns[kind]
         ring = list(queues.items())
@@ -132,11 +133,9 @@ class BatchPlanner:
         if at is None:
             queues[job] = []
             return
-        at += 1 if turns.granted else 0
         ring.insert(at, (job, []))
         self._queues[kind] = dict(ring)
-        if not turns.granted:
-            turns.cursor = job
+        turns.cursor = job
 
     def _set_queue(self, kind: Kind, job: str, items: list[WorkItem]) -> None:
         """Replace a job's queue; an emptied queue leaves the ring and forfeits its deficit."""
@@ -147,7 +146,9 @@ class BatchPlanner:
         if turns.cursor == job:
             ring = list(queues)
             after = ring[(ring.index(job) + 1) % len(ring)]
-            turns.cursor, turns.granted = (None if after == job else after), False
+            turns.cursor = None if after == job else after
+        if turns.granted == job:
+            turns.granted = None
         del queues[job]
         turns.deficit.pop(job, None)
 
@@ -178,16 +179,15 @@ class BatchPlanner:
         ordered = {job: _turn_order(items) for job, items in queues.items()}
         taken = dict.fromkeys(ring, 0)
         deficit = {job: old.deficit.get(job, 0.0) for job in ring}
-        # Quanta are proportional to weights; one round is about one batch (so a light job's
-        # whole request usually rides the next batch), and no quantum is below the longest
-        # pending item (so every job sends at least one item per round).
+        # Quanta are proportional to weights, and the lightest job's quantum is one batch (or
+        # its longest item): a light job's whole request rides the next batch rather than one
+        # slice per round, and every job sends at least one item per turn. Long-run shares do
+        # not depend on the quantum; only the burst a turn may take does.
         weight = {job: items[-1].weight for job, items in queues.items()}
         longest = max(it.length for items in queues.values() for it in items)
-        per_weight = max(
-            longest / min(weight.values()), self.max_batch_tokens / sum(weight.values())
-        )
+        per_weight = max(longest, self.max_batch_tokens) / min(weight.values())
         i = ring.index(old.cursor) if old.cursor in queues else 0
-        granted = old.granted and old.cursor in queues
+        granted = old.granted if old.granted in queues else None
         batch: list[WorkItem] = []
         widest = 0
         full = False
@@ -195,9 +195,10 @@ class BatchPlanner:
             job = ring[i]
             items = ordered[job]
             if taken[job] < len(items):
-                if not granted:
+                if job == granted:
+                    granted = None  # a turn cut short by the last batch: no new quantum
+                else:
                     deficit[job] += per_weight * weight[job]
-                    granted = True
                 while taken[job] < len(items) and items[taken[job]].length <= deficit[job]:
                     item = items[taken[job]]
                     wider = max(widest, item.length)
@@ -209,10 +210,11 @@ class BatchPlanner:
                     deficit[job] -= item.length
                     taken[job] += 1
                 if full:
+                    granted = job
                     break
-            i, granted = (i + 1) % len(ring), False
+            i = (i + 1) % len(ring)
         left = {job: d for job, d in deficit.items() if taken[job] < len(ordered[job])}
-        turns = _Turns(left, ring[i] if left else None, granted and bool(left))
+        turns = _Turns(left, ring[i] if left else None, granted if left else None)
         full = full or bool(left) or padded_tokens(batch) >= self.max_batch_tokens
         return _Plan(sorted(batch, key=lambda it: it.length), full, turns)
 

@@ -228,12 +228,13 @@ def test_weights_1_1_2_share_served_tokens_under_saturation(
             while not stop.is_set():  # 4 sequences of 32 scored tokens per request
                 client.score([rng.integers(4, 400, 33, dtype=np.int32) for _ in range(4)], 1)
 
-    with start_server(config) as handle, ThreadPoolExecutor(12) as pool:
-        # Three requests in flight per job keep every queue non-empty (saturation).
+    with start_server(config) as handle, ThreadPoolExecutor(24) as pool:
+        # Eight requests in flight per job (1024 tokens, more than gamma's quantum of two
+        # batches plus the batch in flight) keep every queue non-empty: saturation.
         runs = [
             pool.submit(flood, handle, name, 10 * k + i)
             for k, name in enumerate(TOKENS)
-            for i in range(3)
+            for i in range(8)
         ]
         token = TOKENS["alpha"]
         before = _wait_served(handle.http_url, token, 3000, runs)  # warm-up: all queues full
