@@ -99,6 +99,15 @@ def test_no_token_and_wrong_token_are_unauthenticated(auth_server, caplog) -> No
     assert all(token not in caplog.text for token in TOKENS.values())
 
 
+def test_oversized_metadata_is_refused_and_the_server_keeps_serving(auth_server) -> None:
+    with grpc.insecure_channel(auth_server.target) as channel:
+        call = channel.unary_unary("/tropd.teacher.v1.Teacher/GetModelInfo")
+        with pytest.raises(grpc.RpcError) as huge:
+            call(b"", metadata=[("authorization", "Bearer " + "x" * 64_000)], timeout=10)
+    assert huge.value.code() != grpc.StatusCode.OK
+    assert call_code(auth_server.target, TOKENS["alpha"], "info") == grpc.StatusCode.OK
+
+
 def test_health_needs_no_token(auth_server) -> None:
     with grpc.insecure_channel(auth_server.target) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
