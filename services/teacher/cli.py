@@ -11,7 +11,8 @@ Exit codes: 0 success, 1 failure (server error, not serving), 2 bad input or con
 (a malformed tokens file included). Every `serve` option also reads from TEACHER_<OPTION> (e.g.
 TEACHER_MAX_BATCH_TOKENS); flags win; a yes/no option given bare (`--allow-anonymous`) means
 true. `serve` re-reads its --tokens-file on SIGHUP. `info` and `score` send TEACHER_TOKEN (or
---token) as the job token.
+--token) as the job token; `info`, `score` and `health` speak TLS with --tls-ca-file (and mutual
+TLS with --tls-cert-file/--tls-key-file).
 """
 
 from __future__ import annotations
@@ -66,13 +67,16 @@ def _add_client_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="print what a teacher serves (model, tokenizer, limits)")
     p.add_argument("--target", **target)
     p.add_argument("--token", **token)
+    _add_tls(p)
     p = sub.add_parser("health", help="exit 0 when the teacher reports SERVING, 1 otherwise")
     p.add_argument("--target", **target)
+    _add_tls(p)
     p.add_argument("--service", default="", help='health service name [default "" (server)]')
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait [default 3]")
     p = sub.add_parser("score", help="score one sequence and print a per-position table")
     p.add_argument("--target", **target)
     p.add_argument("--token", **token)
+    _add_tls(p)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--ids", help="comma-separated token ids, e.g. 1,5,9,2")
     what.add_argument("--text", help="text to tokenize with --tokenizer (bos prepended)")
@@ -84,6 +88,35 @@ def _add_client_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--start", type=int, default=1, help="first scored position (>= 1) [1]")
     p.add_argument("--end", type=int, default=0, help="one past the last position [0 = end]")
     p.add_argument("--top-k", type=int, default=5, help="teacher top-k shown per position [5]")
+
+
+def _add_tls(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tls-ca-file", help="PEM CA bundle: connect over TLS, trusting these CAs")
+    p.add_argument("--tls-cert-file", help="PEM client certificate (mutual TLS)")
+    p.add_argument("--tls-key-file", help="PEM key of --tls-cert-file")
+
+
+def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    """TLS channel credentials from the --tls-* files, or None for plaintext."""
+    if args.tls_ca_file is None:
+        if args.tls_cert_file or args.tls_key_file:
+            raise UsageError("--tls-cert-file/--tls-key-file need --tls-ca-file")
+        return None
+    if (args.tls_cert_file is None) != (args.tls_key_file is None):
+        raise UsageError("--tls-cert-file and --tls-key-file go together")
+
+    def read(path: str | None) -> bytes | None:
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read it ({exc.strerror})") from None
+
+    return grpc.ssl_channel_credentials(
+        read(args.tls_ca_file), read(args.tls_key_file), read(args.tls_cert_file)
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,7 +168,10 @@ def _token(args: argparse.Namespace) -> str | None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    with TeacherClient(args.target, _token(args), timeout=10, max_retries=1) as client:
+    credentials = _credentials(args)
+    with TeacherClient(
+        args.target, _token(args), timeout=10, max_retries=1, credentials=credentials
+    ) as client:
         info = client.info()
     rows: list[tuple[str, Any]] = [
         ("model", info.model_id), ("backend", info.backend), ("dtype", info.dtype),
@@ -153,7 +189,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_health(args: argparse.Namespace) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(args.target) as channel:
+    credentials = _credentials(args)
+    channel = (
+        grpc.secure_channel(args.target, credentials)
+        if credentials is not None
+        else grpc.insecure_channel(args.target)
+    )
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(
@@ -200,7 +242,10 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise UsageError("--text needs --tokenizer PATH (the teacher only takes token ids)")
     ids = _encode(tokenizer, args.text) if args.text is not None else _parse_ids(args.ids)
     label = (lambda i: tokenizer.convert_ids_to_tokens(int(i))) if tokenizer else str
-    with TeacherClient(args.target, _token(args), timeout=30, max_retries=2) as client:
+    credentials = _credentials(args)
+    with TeacherClient(
+        args.target, _token(args), timeout=30, max_retries=2, credentials=credentials
+    ) as client:
         if tokenizer is not None:
             client.check_tokenizer(fingerprint_of(tokenizer))
         (row,) = client.score(

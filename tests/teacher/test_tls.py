@@ -14,6 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from teacher.cli import main as cli_main
 from teacher.client import TeacherClient, TeacherRpcError
 from teacher.config import ConfigError, load_config
 from teacher.server import start_server
@@ -138,6 +139,21 @@ def test_tls_handshake_and_plaintext_refused(tiny_llama_dir, pki, make_config) -
         assert info_or_code(localhost(handle), untrusting) == grpc.StatusCode.UNAVAILABLE
         # The server keeps serving after failed handshakes.
         assert info_or_code(localhost(handle), trusted).vocab_size > 0
+
+
+def test_cli_health_and_info_over_tls(tiny_llama_dir, pki, make_config, capsys) -> None:
+    with start_server(tls_config(make_config, tiny_llama_dir, pki, mutual=True)) as handle:
+        tls = [
+            "--tls-ca-file", pki.write("ca.pem", pki.ca.cert),
+            "--tls-cert-file", pki.write("client.pem", pki.client.cert),
+            "--tls-key-file", pki.write("client.key", pki.client.key),
+        ]  # fmt: skip
+        target = ["--target", localhost(handle)]
+        assert cli_main(["health", *target, *tls]) == 0
+        assert cli_main(["info", *target, *tls]) == 0
+        assert cli_main(["health", *target, "--timeout", "2"]) == 1  # plaintext is refused
+        assert cli_main(["info", *target, *tls[:2], "--tls-cert-file", "x.pem"]) == 2
+    assert "SERVING" in capsys.readouterr().out
 
 
 def test_mutual_tls_requires_a_client_certificate_from_the_ca(
