@@ -59,7 +59,8 @@ class _Turns:
 
     deficit: dict[str, float] = field(default_factory=dict)
     cursor: str | None = None  # the job whose turn comes next (or continues)
-    granted: str | None = None  # a job whose turn a full batch cut short (quantum received)
+    # Jobs whose turn a full batch cut short: they resume without a new quantum.
+    granted: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -147,8 +148,7 @@ class BatchPlanner:
             ring = list(queues)
             after = ring[(ring.index(job) + 1) % len(ring)]
             turns.cursor = None if after == job else after
-        if turns.granted == job:
-            turns.granted = None
+        turns.granted -= {job}
         del queues[job]
         turns.deficit.pop(job, None)
 
@@ -187,7 +187,7 @@ class BatchPlanner:
         longest = max(it.length for items in queues.values() for it in items)
         per_weight = max(longest, self.max_batch_tokens) / min(weight.values())
         i = ring.index(old.cursor) if old.cursor in queues else 0
-        granted = old.granted if old.granted in queues else None
+        granted = set(old.granted) & set(queues)
         batch: list[WorkItem] = []
         widest = 0
         full = False
@@ -195,8 +195,8 @@ class BatchPlanner:
             job = ring[i]
             items = ordered[job]
             if taken[job] < len(items):
-                if job == granted:
-                    granted = None  # a turn cut short by the last batch: no new quantum
+                if job in granted:
+                    granted.discard(job)  # a turn cut short by the last batch: no new quantum
                 else:
                     deficit[job] += per_weight * weight[job]
                 while taken[job] < len(items) and items[taken[job]].length <= deficit[job]:
@@ -210,11 +210,11 @@ class BatchPlanner:
                     deficit[job] -= item.length
                     taken[job] += 1
                 if full:
-                    granted = job
+                    granted.add(job)
                     break
             i = (i + 1) % len(ring)
         left = {job: d for job, d in deficit.items() if taken[job] < len(ordered[job])}
-        turns = _Turns(left, ring[i] if left else None, granted if left else None)
+        turns = _Turns(left, ring[i] if left else None, frozenset(granted & set(left)))
         full = full or bool(left) or padded_tokens(batch) >= self.max_batch_tokens
         return _Plan(sorted(batch, key=lambda it: it.length), full, turns)
 
