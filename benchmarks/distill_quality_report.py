@@ -149,15 +149,18 @@ def cross_tables(summary: dict[str, dict[str, dict[str, Any]]]) -> dict[str, lis
         "outlier_mode": _grid(settings, ["opd", "tropd", "tropd_reward"], final, "setting"),
         "weighting_rules": _grid(settings, ["opd", *RULES], final, "setting"),
         "lr_sweep": _grid(
-            sorted({m for s, _ in LR_SWEEP for m in summary.get(s, {})}),
+            [m for m in summary.get("lr3e-5", {}) if m in summary.get("lr3e-4", {})],
             [s for s, _ in LR_SWEEP if s in summary],
-            final,
+            lambda method, setting: final(setting, method),
             "method \\ setting",
         ),
     }
     sens = ["tropd_surprise", "surprise_c1", "surprise_c4", "surprise_s0_2", "surprise_s0_8"]
     out["surprise_sensitivity"] = _grid(
-        [m for m in sens if m in summary.get("default", {})], ["default"], final, "variant"
+        [m for m in sens if m in summary.get("default", {})],
+        ["default"],
+        lambda variant, setting: final(setting, variant),
+        "variant (c, s0 default 2, 4)",
     )
     out["never_worse_than_opd"] = never_worse(summary)
     return out
