@@ -34,6 +34,9 @@ class TeacherConfig(_Frozen):
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(8, ge=0, description="retries on UNAVAILABLE/RESOURCE_EXHAUSTED")
     wait_ready_s: float = Field(120.0, ge=0, description="how long to wait for a ready teacher")
+    tls_ca_file: str | None = Field(None, description="PEM CA bundle: connect over TLS")
+    tls_cert_file: str | None = Field(None, description="PEM client certificate (mutual TLS)")
+    tls_key_file: str | None = Field(None, description="PEM key of tls_cert_file")
 
 
 class TaskConfig(_Frozen):

@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import torch
-from teacher.client import TeacherClient, TeacherInfo, TeacherRpcError
+from teacher.client import TeacherClient, TeacherInfo, TeacherRpcError, tls_credentials
 from teacher.fingerprint import fingerprint_of
 from transformers import (
     AutoModelForCausalLM,
@@ -174,11 +174,18 @@ def open_session(cfg: RunConfig) -> Session:
     model, tokenizer = load_student(cfg)
     task = task_from_config(cfg.task)
     token = cfg.teacher.token or os.environ.get("TEACHER_TOKEN")
+    try:
+        credentials = tls_credentials(
+            cfg.teacher.tls_ca_file, cfg.teacher.tls_cert_file, cfg.teacher.tls_key_file
+        )
+    except ValueError as exc:
+        raise SetupError(f"teacher TLS settings: {exc}") from exc
     client = TeacherClient(
         cfg.teacher.target,
         token=token,
         timeout=cfg.teacher.timeout_s,
         max_retries=cfg.teacher.max_retries,
+        credentials=credentials,
     )
     info = wait_for_teacher(client, cfg.teacher.wait_ready_s)
     check_teacher(cfg, info, tokenizer, model.get_output_embeddings().weight.shape[0])

@@ -98,25 +98,12 @@ def _add_tls(p: argparse.ArgumentParser) -> None:
 
 def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
     """TLS channel credentials from the --tls-* files, or None for plaintext."""
-    if args.tls_ca_file is None:
-        if args.tls_cert_file or args.tls_key_file:
-            raise UsageError("--tls-cert-file/--tls-key-file need --tls-ca-file")
-        return None
-    if (args.tls_cert_file is None) != (args.tls_key_file is None):
-        raise UsageError("--tls-cert-file and --tls-key-file go together")
+    from teacher.client import tls_credentials
 
-    def read(path: str | None) -> bytes | None:
-        if path is None:
-            return None
-        try:
-            with open(path, "rb") as f:
-                return f.read()
-        except OSError as exc:
-            raise UsageError(f"{path}: cannot read it ({exc.strerror})") from None
-
-    return grpc.ssl_channel_credentials(
-        read(args.tls_ca_file), read(args.tls_key_file), read(args.tls_cert_file)
-    )
+    try:
+        return tls_credentials(args.tls_ca_file, args.tls_cert_file, args.tls_key_file)
+    except ValueError as exc:
+        raise UsageError(f"--tls-*: {exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -60,6 +60,7 @@ __all__ = [
     "TeacherRpcError",
     "TokenizerFingerprint",
     "TokenizerMismatch",
+    "tls_credentials",
 ]
 
 
@@ -316,3 +317,33 @@ class AsyncTeacherClient(ClientBase):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def tls_credentials(
+    ca_file: str | None, cert_file: str | None = None, key_file: str | None = None
+) -> grpc.ChannelCredentials | None:
+    """Channel credentials from PEM files: TLS with `ca_file`, mutual TLS with cert and key too.
+
+    Returns:
+        None (plaintext) when no file is given.
+    Raises:
+        ValueError: a cert without its key (or the reverse), client files without a CA, or an
+            unreadable file; the message names it.
+    """
+    if ca_file is None:
+        if cert_file or key_file:
+            raise ValueError("a client certificate/key needs a CA file (TLS) too")
+        return None
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("the client certificate and key files go together")
+
+    def read(path: str | None) -> bytes | None:
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot read it ({exc.strerror})") from None
+
+    return grpc.ssl_channel_credentials(read(ca_file), read(key_file), read(cert_file))
