@@ -204,7 +204,9 @@ def ref_loss(inp: LossInputs, cfg: LossConfig, normalizer: float) -> Tensor:
 
 def _cfg(method: str, outlier: str) -> LossConfig:
     # tau = -1 and a 0.5-nat entropy cut make every branch occur in these small batches.
-    return LossConfig(method=method, outlier=outlier, tau=-1.0, beta_guidance=0.1)
+    return LossConfig(
+        method=method, outlier=outlier, outlier_weighting="none", tau=-1.0, beta_guidance=0.1
+    )
 
 
 def _grad(loss: Tensor, leaf: Tensor) -> Tensor:

@@ -326,7 +326,7 @@ def test_a_nan_teacher_logprob_at_a_read_token_is_not_hidden() -> None:
         cfg = LossConfig(outlier="clip", outlier_weighting=rule)
         loss, metrics = LOSSES["tropd"](inputs, cfg, 6.0)
         assert not torch.isfinite(loss) and math.isnan(metrics["outlier_weight_sum"])
-    clean, _ = LOSSES["tropd"](inputs, LossConfig(outlier="clip"), 6.0)
+    clean, _ = LOSSES["tropd"](inputs, LossConfig(outlier="clip", outlier_weighting="none"), 6.0)
     assert torch.isfinite(clean)  # plain TrOPD never reads the prefix's teacher log-prob
 
 
@@ -354,7 +354,7 @@ def test_no_gradient_flows_through_the_weight(cfg: LossConfig) -> None:
     # In the loss, the student's top-k gets exactly w_t * dFKL_t: nothing through w_t.
     loss, _ = LOSSES["tropd"](leaves, cfg, normalizer=100.0)
     constant = dataclasses.replace(leaves, outlier_weight_B_T=outlier_rule_weights(leaves, cfg))
-    plain, _ = LOSSES["tropd"](constant, LossConfig(), normalizer=100.0)
+    plain, _ = LOSSES["tropd"](constant, LossConfig(outlier_weighting="none"), normalizer=100.0)
     torch.testing.assert_close(loss, plain)
     torch.testing.assert_close(_grad(loss, student_K), _grad(plain, student_K))
     assert not _grad(loss, teacher).any() and not _grad(loss, teacher_K).any()
@@ -447,7 +447,7 @@ def test_row_split_micro_batches_give_the_same_loss(rule: str) -> None:
 
 def test_outlier_weight_metric_is_logged_whenever_a_rule_is_on() -> None:
     inputs = make_batch(0).inputs
-    _, plain = LOSSES["tropd"](inputs, LossConfig(), 100.0)
+    _, plain = LOSSES["tropd"](inputs, LossConfig(outlier_weighting="none"), 100.0)
     assert "outlier_weight_sum" not in plain
     outliers = plain["trust_frac_count"] - plain["trust_frac_sum"]
     assert outliers > 0
@@ -461,7 +461,7 @@ def test_outlier_weight_metric_is_logged_whenever_a_rule_is_on() -> None:
 
 def test_rule_none_is_plain_tropd_and_other_methods_ignore_the_rule() -> None:
     inputs = make_batch(4).inputs
-    assert outlier_rule_weights(inputs, LossConfig()) is None
+    assert outlier_rule_weights(inputs, LossConfig(outlier_weighting="none")) is None
     for method in ("opd", "clip", "fkl_topk"):
         plain, _ = LOSSES[method](inputs, LossConfig(method=method), 100.0)
         ruled, _ = LOSSES[method](
@@ -486,7 +486,7 @@ def test_support_without_topk_names_the_field() -> None:
 
 def test_defaults() -> None:
     cfg = LossConfig()
-    assert cfg.outlier_weighting == "none"
+    assert cfg.outlier_weighting == "surprise"  # chosen by the quality benchmark (issue 8)
     assert (cfg.surprise_c, cfg.surprise_s0, cfg.prefix_gate_threshold) == (2.0, 4.0, -5.0)
     assert LossConfig(surprise_c=0.0).surprise_c == 0.0  # every nat of surprise counts
 
