@@ -27,8 +27,6 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,6 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the report module beside this one
 
 from distill_quality_report import write_report  # noqa: E402
+from student_trainer.local_teacher import LocalTeacher  # noqa: E402
 
 BENCH_CONFIGS = REPO_ROOT / "configs" / "bench"
 DEFAULT_SETTING = "default"
@@ -135,31 +134,20 @@ def plan(args: argparse.Namespace) -> tuple[list[tuple[str, str]], list[tuple[st
     return [c for c in first if c[1] != "best"], second
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_teacher(log_path: Path) -> tuple[subprocess.Popen, str]:
+def start_teacher(log_path: Path) -> LocalTeacher:
     """The one teacher service all jobs share (the demo's pattern), ready to answer."""
+    from student_trainer.local_teacher import start_local_teacher
     from student_trainer.setup import resolve_model_path, wait_for_teacher
     from teacher.client import TeacherClient
 
-    port, http_port = _free_port(), _free_port()
-    model = resolve_model_path("builtin:teacher")
-    cmd = [sys.executable, "-m", "teacher.cli", "serve", "--model", model, "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), "--http-port", str(http_port)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=log_path.open("w"), stderr=subprocess.STDOUT, env=env)
-    target = f"127.0.0.1:{port}"
+    teacher = start_local_teacher(resolve_model_path("builtin:teacher"), log_path)
     try:
-        with TeacherClient(target) as client:
+        with TeacherClient(teacher.target) as client:
             wait_for_teacher(client, 120)
     except BaseException:
-        proc.terminate()
+        teacher.stop()
         raise
-    return proc, target
+    return teacher
 
 
 def _worker_init() -> None:
@@ -304,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     deadline = t0 + 60 * args.deadline_min if args.deadline_min else None
     first, second = plan(args)
-    proc, target = start_teacher(runs / "teacher.log")
+    teacher = start_teacher(runs / "teacher.log")
+    target = teacher.target
     print(f"teacher service on {target}; runs in {runs}", flush=True)
     ctx = {"runs": runs, "target": target, "deadline": deadline}
     records: list[dict[str, Any]] = []
@@ -318,8 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             second = [c for c in second if c not in first]
             records += pool.map(run_job, _jobs(second, args, ctx), chunksize=1)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        teacher.stop(timeout_s=30)
     meta = {
         "quick": args.quick,
         "wall_s": time.time() - t0,

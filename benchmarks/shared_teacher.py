@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from student_trainer.local_teacher import LocalTeacher, start_local_teacher
 from student_trainer.setup import resolve_model_path, wait_for_teacher
 from teacher.client import TeacherClient
 
@@ -50,12 +50,6 @@ JOBS = ("light-a", "light-b", "greedy", "probe")
 PROBE_SEQUENCES, PROBE_LENGTH, PROBE_START, PROBE_TOP_K = 32, 24, 12, 16
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _tokens_file(folder: Path) -> dict[str, str]:
     tokens = {job: f"{job}-bench-token-{os.urandom(8).hex()}" for job in JOBS}
     jobs = [{"name": job, "token": token, "weight": 1} for job, token in tokens.items()]
@@ -63,19 +57,14 @@ def _tokens_file(folder: Path) -> dict[str, str]:
     return tokens
 
 
-def _start_teacher(folder: Path, max_batch_tokens: int) -> tuple[subprocess.Popen, str, str]:
-    port, http_port = _free_port(), _free_port()
-    cmd = [
-        sys.executable, "-m", "teacher.cli", "serve",
-        "--model", resolve_model_path("builtin:teacher"),
-        "--host", "127.0.0.1", "--port", str(port), "--http-port", str(http_port),
-        "--tokens-file", str(folder / "tokens.yaml"),
-        "--max-batch-tokens", str(max_batch_tokens),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    log = (folder / "teacher.log").open("w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    return proc, f"127.0.0.1:{port}", f"http://127.0.0.1:{http_port}"
+def _start_teacher(folder: Path, max_batch_tokens: int) -> LocalTeacher:
+    extra = [
+        "--tokens-file",
+        str(folder / "tokens.yaml"),
+        "--max-batch-tokens",
+        str(max_batch_tokens),
+    ]
+    return start_local_teacher(resolve_model_path("builtin:teacher"), folder / "teacher.log", extra)
 
 
 def _start_trainer(
@@ -235,7 +224,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="shared_teacher_") as tmp:
         folder = Path(tmp)
         tokens = _tokens_file(folder)
-        teacher, target, http = _start_teacher(folder, args.max_batch_tokens)
+        teacher = _start_teacher(folder, args.max_batch_tokens)
+        target, http = teacher.target, teacher.http_url
         try:
             probe = Probe(target, tokens["probe"])  # waits until the teacher serves
             ctx = {"tokens": tokens, "probe": probe, "target": target, "http": http}
@@ -250,8 +240,7 @@ def main() -> None:
                 print(f"{phase}: {json.dumps(phases[phase])}", flush=True)
             probe.client.close()
         finally:
-            teacher.terminate()
-            teacher.wait(timeout=60)
+            teacher.stop()
     solo = phases["solo"]["probe_latency"]["p99_ms"]
     shared = phases["shared"]["probe_latency"]["p99_ms"]
     result = {

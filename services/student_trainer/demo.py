@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from student_trainer.config import load_config
+from student_trainer.local_teacher import start_local_teacher
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
@@ -37,33 +36,6 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="extra overrides for both jobs"
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _start_teacher(model: str, log_path: Path) -> tuple[subprocess.Popen, str]:
-    port, http_port = _free_port(), _free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "teacher.cli",
-        "serve",
-        "--model",
-        model,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--http-port",
-        str(http_port),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=log_path.open("w"), stderr=subprocess.STDOUT, env=env)
-    return proc, f"127.0.0.1:{port}"
 
 
 def _teacher_accuracy(target: str, cfg_path: str, overrides: list[str]) -> float:
@@ -146,7 +118,8 @@ def run_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     teacher_model = resolve_model_path(args.teacher_model)
-    proc, target = _start_teacher(teacher_model, out / "teacher.log")
+    teacher = start_local_teacher(teacher_model, out / "teacher.log")
+    target = teacher.target
     try:
         print(f"teacher service on {target} ({teacher_model}); logs in {out}", flush=True)
         teacher_acc = _teacher_accuracy(target, args.config, args.overrides)
@@ -156,8 +129,7 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         results = _train_jobs(args, target, out)
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        teacher.stop()
     opd, tropd = results["opd"], results["tropd"]
     plot = plot_comparison({"OPD": out / "opd", "TrOPD": out / "tropd"}, out / "opd_vs_tropd.png")
     rows = [

@@ -16,6 +16,7 @@ from teacher.client import TeacherClient
 from transformers import PreTrainedTokenizerBase
 
 from student_trainer.errors import SetupError
+from student_trainer.evaluate import encode_prompts
 from student_trainer.tasks.base import Example
 
 
@@ -94,7 +95,7 @@ def write_drafts(
     with out.open("w") as fh:
         for lo in range(0, len(examples), batch_size):
             chunk = examples[lo : lo + batch_size]
-            prompts = [tokenizer(ex.prompt)["input_ids"] for ex in chunk]
+            prompts = encode_prompts(tokenizer, chunk)
             drafts = teacher_drafts(
                 client, prompts, max_new_tokens, tokenizer.eos_token_id, temperature, seed + lo
             )
