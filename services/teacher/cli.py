@@ -140,7 +140,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         drained = asyncio.run(main())
-    except TokensFileError as exc:
+    except (TokensFileError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:

@@ -48,6 +48,12 @@ def test_cli_serve_bad_config_exits_2(capsys) -> None:
     assert "port" in err and "'abc'" in err and "max_delay_ms" in err
 
 
+def test_cli_serve_missing_model_folder_exits_2(tmp_path, capsys) -> None:
+    missing = str(tmp_path / "no-such-model")
+    assert main(["serve", "--model", missing, "--port", "0", "--http-port", "0"]) == 2
+    assert f"model folder {missing} does not exist" in capsys.readouterr().err
+
+
 def test_cli_health_unreachable_exits_1(capsys) -> None:
     assert main(["health", "--target", "127.0.0.1:1", "--timeout", "0.5"]) == 1
     assert "unhealthy" in capsys.readouterr().out

@@ -15,6 +15,7 @@ import inspect
 import logging
 import secrets
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -81,6 +82,10 @@ class HFBackend:
             OSError: the model folder or hub id cannot be loaded.
         """
         self.options = options
+        path = options.model_path
+        if path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():
+            # transformers would read a missing folder as a malformed hub id.
+            raise FileNotFoundError(f"model folder {path} does not exist")
         self.device = _resolve_device(options.device)
         dtype = "auto" if options.dtype == "auto" else _DTYPES[options.dtype]
         extra: dict[str, Any] = {}
