@@ -47,7 +47,12 @@ GAUGE_METRICS: dict[str, tuple[str, str]] = {
     "perf/tokens_per_s": ("trainer_tokens_per_second", "Trained response tokens per second"),
     "perf/step_s": ("trainer_step_duration_seconds", "Wall time of the step"),
     "perf/teacher_s": ("trainer_teacher_latency_seconds", "Wall time of the step's teacher calls"),
-    "perf/teacher_queue_s": ("trainer_teacher_queue_seconds", "Time queued at the teacher"),
+    "perf/teacher_queue_s": (
+        "trainer_teacher_queue_seconds", "Time the step's Score calls queued at the teacher",
+    ),
+    "perf/teacher_compute_s": (
+        "trainer_teacher_compute_seconds", "Teacher forward time of the step's Score calls",
+    ),
 }
 
 

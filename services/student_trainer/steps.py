@@ -29,6 +29,8 @@ class StepBatch:
     scores: list[ScoredSequence | None]
     teacher_seconds: float  # wall time of the step's teacher calls (Score and Generate)
     rollout_seconds: float
+    teacher_queue_seconds: float  # what the teacher reports for the step's Score calls:
+    teacher_compute_seconds: float  # time queued behind other work, and forward time
     mean_prefix_len: float
     train_accuracy: float
 
@@ -109,12 +111,19 @@ def _on_policy_sequences(
     return sequences, t_teacher, mean_prefix
 
 
-def _score(s: Session, sequences: list[TrainSequence]) -> list[ScoredSequence]:
+@dataclass
+class _Grades:
+    scores: list[ScoredSequence]
+    queue_seconds: float  # summed over the requests, as the teacher reported them
+    compute_seconds: float
+
+
+def _score(s: Session, sequences: list[TrainSequence]) -> _Grades:
     """Teacher grades for every response token, in requests that respect the teacher's limits."""
     extras = ("entropy",) if needs_teacher_entropy(s.cfg.loss) else ()
     # k may exceed a small vocabulary; the loss uses every column it gets.
     top_k = min(s.cfg.loss.topk, s.teacher.vocab_size) if needs_topk(s.cfg.loss) else 0
-    results: list[ScoredSequence] = []
+    grades = _Grades([], 0.0, 0.0)
     budget = s.teacher.limits.max_request_tokens
     lo = 0
     while lo < len(sequences):
@@ -123,16 +132,15 @@ def _score(s: Session, sequences: list[TrainSequence]) -> list[ScoredSequence]:
             tokens += sequences[hi].ids.size
             hi += 1
         chunk = sequences[lo:hi]
-        results.extend(
-            s.client.score(
-                [q.ids for q in chunk],
-                starts=[q.context_len for q in chunk],
-                top_k=top_k,
-                extras=extras,
-            )
-        )
+        results = s.client.score(
+            [q.ids for q in chunk], starts=[q.context_len for q in chunk], top_k=top_k,
+            extras=extras,
+        )  # fmt: skip
+        grades.scores.extend(results)
+        grades.queue_seconds += results.timing.queue_seconds
+        grades.compute_seconds += results.timing.compute_seconds
         lo = hi
-    return results
+    return grades
 
 
 def collect(s: Session, step: int, data_rng: np.random.Generator) -> StepBatch:
@@ -147,14 +155,19 @@ def collect(s: Session, step: int, data_rng: np.random.Generator) -> StepBatch:
         teacher_s = time.monotonic() - t0
         sequences = _sft_sequences(s, examples, prompts, drafts)
         return StepBatch(
-            sequences, [None] * len(sequences), teacher_s, 0.0, 0.0, _accuracy(sequences)
-        )
+            sequences, [None] * len(sequences), teacher_s, 0.0, 0.0, 0.0, 0.0,
+            _accuracy(sequences),
+        )  # fmt: skip
     sequences, teacher_s, mean_prefix = _on_policy_sequences(s, step, examples, prompts)
     rollout_s = time.monotonic() - t0 - teacher_s
     t1 = time.monotonic()
-    scores: list[ScoredSequence | None] = list(_score(s, sequences))
+    grades = _score(s, sequences)
     teacher_s += time.monotonic() - t1
-    return StepBatch(sequences, scores, teacher_s, rollout_s, mean_prefix, _accuracy(sequences))
+    scores: list[ScoredSequence | None] = list(grades.scores)
+    return StepBatch(
+        sequences, scores, teacher_s, rollout_s, grades.queue_seconds, grades.compute_seconds,
+        mean_prefix, _accuracy(sequences),
+    )  # fmt: skip
 
 
 def _accuracy(sequences: list[TrainSequence]) -> float:
@@ -181,6 +194,8 @@ def step_metrics(batch: StepBatch, update: UpdateResult, seconds: float) -> dict
         "perf/step_s": seconds,
         "perf/rollout_s": batch.rollout_seconds,
         "perf/teacher_s": batch.teacher_seconds,
+        "perf/teacher_queue_s": batch.teacher_queue_seconds,
+        "perf/teacher_compute_s": batch.teacher_compute_seconds,
     }
 
 

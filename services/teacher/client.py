@@ -29,9 +29,12 @@ from teacher.client_codec import (
     Capabilities,
     ClientBase,
     Generation,
+    Generations,
     Limits,
     RetryPolicy,
     ScoredSequence,
+    ScoreResults,
+    ServerTiming,
     TeacherClientError,
     TeacherInfo,
     TeacherRpcError,
@@ -51,9 +54,12 @@ __all__ = [
     "AsyncTeacherClient",
     "Capabilities",
     "Generation",
+    "Generations",
     "Limits",
     "RetryPolicy",
+    "ScoreResults",
     "ScoredSequence",
+    "ServerTiming",
     "TeacherClient",
     "TeacherClientError",
     "TeacherInfo",
@@ -144,7 +150,7 @@ class TeacherClient(ClientBase):
         extras: Iterable[str] = (),
         logprob_dtype: str = "float32",
         timeout: float | None = None,
-    ) -> list[ScoredSequence]:
+    ) -> ScoreResults:
         """Teacher log-probs of given token ids.
 
         Args:
@@ -159,7 +165,8 @@ class TeacherClient(ClientBase):
             logprob_dtype: "float32" or "float16" for the log-prob arrays.
             timeout: overall deadline in seconds (default: the client's).
         Returns:
-            One ScoredSequence per sequence; row i scores ids[start + i].
+            One ScoredSequence per sequence (row i scores ids[start + i]), in a list whose
+            `.timing` says how long the request queued and computed at the teacher.
         Raises:
             TeacherRpcError: the server refused (e.g. INVALID_ARGUMENT) or stayed unavailable.
             ValueError: arguments that cannot form a request.
@@ -181,7 +188,7 @@ class TeacherClient(ClientBase):
         stop_ids: Iterable[int] = (),
         logprob_dtype: str = "float32",
         timeout: float | None = None,
-    ) -> list[Generation]:
+    ) -> Generations:
         """Sample continuations from the teacher.
 
         Args:
@@ -194,7 +201,7 @@ class TeacherClient(ClientBase):
             logprob_dtype: "float32" or "float16".
             timeout: overall deadline in seconds (default: the client's).
         Returns:
-            One Generation per prompt.
+            One Generation per prompt, in a list with the server's `.timing`.
         """
         request = build_generate_request(
             prompts, max_new_tokens, temperature, top_p, seed, stop_ids, logprob_dtype
@@ -281,7 +288,7 @@ class AsyncTeacherClient(ClientBase):
         extras: Iterable[str] = (),
         logprob_dtype: str = "float32",
         timeout: float | None = None,
-    ) -> list[ScoredSequence]:
+    ) -> ScoreResults:
         """See `TeacherClient.score`."""
         request = build_score_request(
             sequences, starts, ends, top_k, candidates, extras, logprob_dtype
@@ -300,7 +307,7 @@ class AsyncTeacherClient(ClientBase):
         stop_ids: Iterable[int] = (),
         logprob_dtype: str = "float32",
         timeout: float | None = None,
-    ) -> list[Generation]:
+    ) -> Generations:
         """See `TeacherClient.generate`."""
         request = build_generate_request(
             prompts, max_new_tokens, temperature, top_p, seed, stop_ids, logprob_dtype

@@ -95,10 +95,34 @@ class ScoredSequence:
 
 
 @dataclass(frozen=True)
+class ServerTiming:
+    """Where the teacher's time went for one request, in seconds (zeros from older servers)."""
+
+    queue_seconds: float = 0.0  # longest wait of the request's sequences for their batch
+    compute_seconds: float = 0.0  # forward time of the batches that carried them
+
+
+class ScoreResults(list[ScoredSequence]):
+    """The answer of `score`: one ScoredSequence per sequence, plus the server's `timing`."""
+
+    def __init__(self, items: Iterable[ScoredSequence], timing: ServerTiming) -> None:
+        super().__init__(items)
+        self.timing = timing
+
+
+@dataclass(frozen=True)
 class Generation:
     ids: np.ndarray  # int32 [m], generated tokens only
     logprobs: np.ndarray  # [m], untempered teacher log-prob of each generated token
     finish_reason: str  # "length" or "stop"
+
+
+class Generations(list[Generation]):
+    """The answer of `generate`: one Generation per prompt, plus the server's `timing`."""
+
+    def __init__(self, items: Iterable[Generation], timing: ServerTiming) -> None:
+        super().__init__(items)
+        self.timing = timing
 
 
 def _per_item(value: int | Sequence[int] | None, n: int, name: str, default: int) -> list[int]:
@@ -185,28 +209,34 @@ def _array(result: Any, name: str) -> np.ndarray | None:
     return wire.from_tensor(getattr(result, name), field=name) if result.HasField(name) else None
 
 
-def parse_score(response: pb.ScoreResponse) -> list[ScoredSequence]:
-    """Decode a ScoreResponse into one ScoredSequence per item."""
+def _timing(message: pb.Timing) -> ServerTiming:
+    return ServerTiming(message.queue_seconds, message.compute_seconds)
+
+
+def parse_score(response: pb.ScoreResponse) -> ScoreResults:
+    """Decode a ScoreResponse into one ScoredSequence per item, plus the server's timing."""
     fields = ("topk_ids", "topk_logprobs", "candidate_logprobs", "logsumexp", "entropy", "rank")
-    return [
+    scored = (
         ScoredSequence(
             logprobs=wire.from_tensor(r.logprobs, field="logprobs"),
             **{name: _array(r, name) for name in fields},
         )
         for r in response.results
-    ]
+    )
+    return ScoreResults(scored, _timing(response.timing))
 
 
-def parse_generate(response: pb.GenerateResponse) -> list[Generation]:
-    """Decode a GenerateResponse into one Generation per prompt."""
-    return [
+def parse_generate(response: pb.GenerateResponse) -> Generations:
+    """Decode a GenerateResponse into one Generation per prompt, plus the server's timing."""
+    generated = (
         Generation(
             wire.from_tensor(r.ids, pb.DTYPE_INT32, 1, field="ids"),
             wire.from_tensor(r.logprobs, field="logprobs"),
             r.finish_reason,
         )
         for r in response.results
-    ]
+    )
+    return Generations(generated, _timing(response.timing))
 
 
 def parse_info(message: pb.ModelInfo) -> TeacherInfo:

@@ -109,6 +109,24 @@ class JobLoad:
     served_tokens: int  # sequence tokens sent to the backend since start
 
 
+@dataclass
+class RequestTiming:
+    """Where the server's time went for one request (filled in by `Scheduler.score`/`generate`)."""
+
+    queue_s: float = 0.0  # longest wait of its sequences before their batch started
+    compute_s: float = 0.0  # forward time of the batches that carried them, each counted once
+
+
+@dataclass(frozen=True)
+class _Done:
+    """What a finished WorkItem's future holds: its output and how it was served."""
+
+    output: Any
+    wait_s: float
+    batch: int  # serial number of the batch that carried it
+    forward_s: float
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
     max_batch_tokens: int  # padded tokens per forward pass
@@ -157,6 +175,7 @@ class Scheduler:
         self._weights: dict[str, float] = {}  # latest weight seen per job
         self._requests: dict[str, int] = {}  # admitted, unfinished requests per job
         self._served: dict[str, int] = {}  # tokens dispatched per job
+        self._batches = 0  # batches dispatched since start
 
     @property
     def executor(self) -> Executor:
@@ -189,7 +208,11 @@ class Scheduler:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="scheduler")
 
     async def score(
-        self, tasks: Sequence[ScoreTask], deadline: float | None = None, job: Job = ANONYMOUS
+        self,
+        tasks: Sequence[ScoreTask],
+        deadline: float | None = None,
+        job: Job = ANONYMOUS,
+        timing: RequestTiming | None = None,
     ) -> list[ScoreOutput]:
         """Score validated tasks; they may be spread over several batches.
 
@@ -197,6 +220,7 @@ class Scheduler:
             tasks: validated ScoreTasks (see `teacher.validation`).
             deadline: clock time after which unstarted work is dropped, or None.
             job: who asks: its queue, weight and quotas.
+            timing: filled in with the request's queue and compute time, if given.
         Returns:
             One ScoreOutput per task, in order.
         Raises:
@@ -207,10 +231,15 @@ class Scheduler:
             DeadlineExceeded, Cancelled, Internal: the work was dropped or its batch failed.
         """
         # Positions from end - 1 on feed no scored row, so a backend need not run them.
-        return await self._submit("score", tasks, [t.end - 1 for t in tasks], deadline, job)
+        lengths = [t.end - 1 for t in tasks]
+        return await self._submit("score", tasks, lengths, deadline, job, timing)
 
     async def generate(
-        self, tasks: Sequence[GenerateTask], deadline: float | None = None, job: Job = ANONYMOUS
+        self,
+        tasks: Sequence[GenerateTask],
+        deadline: float | None = None,
+        job: Job = ANONYMOUS,
+        timing: RequestTiming | None = None,
     ) -> list[GenerateOutput]:
         """Generate for validated tasks; like `score`, batched apart from score work.
 
@@ -218,11 +247,12 @@ class Scheduler:
             tasks: validated GenerateTasks.
             deadline: clock time after which unstarted work is dropped, or None.
             job: who asks (see `score`).
+            timing: filled in with the request's queue and compute time, if given.
         Returns:
             One GenerateOutput per task, in order.
         """
         lengths = [len(t.prompt) + t.max_new_tokens for t in tasks]
-        return await self._submit("generate", tasks, lengths, deadline, job)
+        return await self._submit("generate", tasks, lengths, deadline, job, timing)
 
     def _share(self, job: Job) -> float:
         """`job`'s weighted share among the jobs with queued work (itself included)."""
@@ -288,6 +318,7 @@ class Scheduler:
         lengths: list[int],
         deadline: float | None,
         job: Job,
+        timing: RequestTiming | None,
     ) -> list[Any]:
         if self._closing:
             self._hooks.on_rejection("draining", job.name)
@@ -305,7 +336,7 @@ class Scheduler:
         self._report_depth()
         self._wake.set()
         try:
-            return list(await asyncio.gather(*(item.future for item in items)))
+            done: list[_Done] = list(await asyncio.gather(*(item.future for item in items)))
         except BaseException:
             # One piece failed or the caller went away: the rest must not reach the backend.
             for item in items:
@@ -314,6 +345,10 @@ class Scheduler:
             raise
         finally:
             self._requests[job.name] -= 1
+        if timing is not None:
+            timing.queue_s = max(d.wait_s for d in done)
+            timing.compute_s = sum({d.batch: d.forward_s for d in done}.values())
+        return [d.output for d in done]
 
     def _report_depth(self) -> None:
         planner = self._planner
@@ -366,6 +401,8 @@ class Scheduler:
             self._backend.score if kind == "score" else self._backend.generate
         )
         self._in_flight = batch
+        self._batches += 1
+        batch_no = self._batches
         started = time.perf_counter()
         try:
             outputs = await asyncio.get_running_loop().run_in_executor(
@@ -408,7 +445,7 @@ class Scheduler:
             if isinstance(output, TeacherError):
                 item.future.set_exception(output)
             else:
-                item.future.set_result(output)
+                item.future.set_result(_Done(output, now - item.enqueued_at, batch_no, seconds))
 
     async def drain(self, timeout_s: float) -> bool:
         """Refuse new work, finish queued and in-flight work, within `timeout_s` seconds.

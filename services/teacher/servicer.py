@@ -26,7 +26,7 @@ from teacher import wire
 from teacher.auth import Job, Method
 from teacher.backends.base import GenerateOutput, ScoreOutput
 from teacher.errors import TeacherError, to_status
-from teacher.scheduler import Clock, Scheduler
+from teacher.scheduler import Clock, RequestTiming, Scheduler
 from teacher.state import ServerState
 from teacher.validation import Limits, validate_generate, validate_score
 
@@ -170,7 +170,8 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext, job: Job
     ) -> pb.ScoreResponse:
         work, scheduler = self._validated(validate_score, request, job)
-        outputs = await scheduler.score(work.tasks, self._deadline(context), job)
+        timing = RequestTiming()
+        outputs = await scheduler.score(work.tasks, self._deadline(context), job, timing)
         scored = sum(t.num_scored for t in work.tasks)
         self._state.metrics.scored_tokens.inc(scored)
         self._state.metrics.job_scored_tokens.labels(job.name).inc(scored)
@@ -179,6 +180,7 @@ class TeacherServicer(pb_grpc.TeacherServicer):
             results=[score_result(out, work.logprob_dtype) for out in outputs],
             tokenizer_sha256=info.tokenizer.sha256 if info else "",
             model_id=self._state.model_id,
+            timing=_timing(timing),
         )
 
     @_rpc("Generate", "generate")
@@ -186,7 +188,8 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext, job: Job
     ) -> pb.GenerateResponse:
         work, scheduler = self._validated(validate_generate, request, job)
-        outputs = await scheduler.generate(work.tasks, self._deadline(context), job)
+        timing = RequestTiming()
+        outputs = await scheduler.generate(work.tasks, self._deadline(context), job, timing)
         generated = sum(len(out.ids) for out in outputs)
         self._state.metrics.generated_tokens.inc(generated)
         self._state.metrics.job_generated_tokens.labels(job.name).inc(generated)
@@ -195,4 +198,9 @@ class TeacherServicer(pb_grpc.TeacherServicer):
             results=[generate_result(out, work.logprob_dtype) for out in outputs],
             tokenizer_sha256=info.tokenizer.sha256 if info else "",
             model_id=self._state.model_id,
+            timing=_timing(timing),
         )
+
+
+def _timing(timing: RequestTiming) -> pb.Timing:
+    return pb.Timing(queue_seconds=timing.queue_s, compute_seconds=timing.compute_s)

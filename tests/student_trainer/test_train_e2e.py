@@ -99,8 +99,11 @@ def test_cli_run_trains_logs_checkpoints_and_plots(teacher: ServerHandle, tmp_pa
         "loss/total",
         "train/student_entropy",
         "perf/teacher_s",
+        "perf/teacher_queue_s",
+        "perf/teacher_compute_s",
     ):
         assert key in train_rows[0], key
+    assert 0 < train_rows[0]["perf/teacher_compute_s"] <= train_rows[0]["perf/teacher_s"]
     assert 0.0 <= train_rows[0]["train/trust_fraction"] <= 1.0
     assert train_rows[0]["train/guidance_prefix_len"] > 0
     assert [r["step"] for r in rows if "eval/accuracy" in r] == [0, 2, 3]

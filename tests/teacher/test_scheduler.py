@@ -12,7 +12,7 @@ from teacher.auth import Job, Quotas
 from teacher.backends.base import GenerateOutput, GenerateTask, ScoreOutput, ScoreTask
 from teacher.batching import BatchPlanner, WorkItem, padded_tokens
 from teacher.errors import DeadlineExceeded, Internal, ResourceExhausted, Unavailable
-from teacher.scheduler import NullHooks, Scheduler, SchedulerConfig, Served
+from teacher.scheduler import NullHooks, RequestTiming, Scheduler, SchedulerConfig, Served
 
 POISON = 666  # a first id that makes the fake backend raise
 
@@ -169,6 +169,31 @@ def test_budget_splits_batches_and_never_mixes_kinds() -> None:
         assert all(4 * len(b) <= 20 for b in backend.batches if b[0] > 0)  # cost: end - 1
         assert sum(len(b) for b in backend.batches if b[0] > 0) == 8
         assert [b for b in backend.batches if b[0] < 0] == [[-3, -3]]
+        await sched.close()
+
+    run(main)
+
+
+def test_timing_reports_queue_wait_and_each_batch_once() -> None:
+    """A request split over two batches: queue time = its longest wait on the scheduler's
+    clock; compute time = both batches' forward time, however many of its items each held."""
+
+    async def main() -> None:
+        gate = threading.Event()
+        clock, backend = FakeClock(), FakeBackend(gate)
+        sched = Scheduler(backend, config(budget=20, delay_s=0.25), clock=clock)
+        sched.start()
+        timing = RequestTiming()
+        request = asyncio.ensure_future(sched.score([task(5) for _ in range(8)], timing=timing))
+        await settle()
+        clock.advance(0.25)  # the delay cap: the first batch (5 items at cost 4) starts
+        await settle()
+        clock.advance(0.5)  # while it runs, the other 3 wait: 0.75 s when their turn comes
+        gate.set()
+        await request
+        assert [len(b) for b in backend.batches] == [5, 3]
+        assert timing.queue_s == pytest.approx(0.75)
+        assert timing.compute_s > 0  # wall time of the two fake forwards
         await sched.close()
 
     run(main)

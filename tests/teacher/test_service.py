@@ -125,6 +125,15 @@ def test_generation_reproducible_with_seed_and_greedy_matches_argmax(
     assert greedy.finish_reason in ("length", "stop")
 
 
+def test_responses_report_the_servers_timing(client) -> None:
+    """Each answer says how long it queued and computed at the teacher (ScoreResponse.timing)."""
+    scored = client.score([np.array([1, 10, 11, 12], np.int32)] * 3, starts=1, top_k=2)
+    assert len(scored) == 3
+    assert scored.timing.compute_seconds > 0 and scored.timing.queue_seconds >= 0
+    generated = client.generate([np.array([1, 10], np.int32)], max_new_tokens=3, seed=0)
+    assert generated.timing.compute_seconds > 0 and generated.timing.queue_seconds >= 0
+
+
 def test_tokenizer_check(client) -> None:
     info = client.check_tokenizer(client.info().fingerprint)
     other = TokenizerFingerprint("0" * 64, 5, -1, -1, -1)

@@ -142,15 +142,25 @@ class ScoreResult(_message.Message):
     rank: Tensor
     def __init__(self, logprobs: _Optional[_Union[Tensor, _Mapping]] = ..., topk_ids: _Optional[_Union[Tensor, _Mapping]] = ..., topk_logprobs: _Optional[_Union[Tensor, _Mapping]] = ..., candidate_logprobs: _Optional[_Union[Tensor, _Mapping]] = ..., logsumexp: _Optional[_Union[Tensor, _Mapping]] = ..., entropy: _Optional[_Union[Tensor, _Mapping]] = ..., rank: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
+class Timing(_message.Message):
+    __slots__ = ("queue_seconds", "compute_seconds")
+    QUEUE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    queue_seconds: float
+    compute_seconds: float
+    def __init__(self, queue_seconds: _Optional[float] = ..., compute_seconds: _Optional[float] = ...) -> None: ...
+
 class ScoreResponse(_message.Message):
-    __slots__ = ("results", "tokenizer_sha256", "model_id")
+    __slots__ = ("results", "tokenizer_sha256", "model_id", "timing")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_SHA256_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[ScoreResult]
     tokenizer_sha256: str
     model_id: str
-    def __init__(self, results: _Optional[_Iterable[_Union[ScoreResult, _Mapping]]] = ..., tokenizer_sha256: _Optional[str] = ..., model_id: _Optional[str] = ...) -> None: ...
+    timing: Timing
+    def __init__(self, results: _Optional[_Iterable[_Union[ScoreResult, _Mapping]]] = ..., tokenizer_sha256: _Optional[str] = ..., model_id: _Optional[str] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("prompts", "max_new_tokens", "temperature", "top_p", "seed", "stop_ids", "logprob_dtype")
@@ -181,11 +191,13 @@ class GenerateResult(_message.Message):
     def __init__(self, ids: _Optional[_Union[Tensor, _Mapping]] = ..., logprobs: _Optional[_Union[Tensor, _Mapping]] = ..., finish_reason: _Optional[str] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("results", "tokenizer_sha256", "model_id")
+    __slots__ = ("results", "tokenizer_sha256", "model_id", "timing")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_SHA256_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[GenerateResult]
     tokenizer_sha256: str
     model_id: str
-    def __init__(self, results: _Optional[_Iterable[_Union[GenerateResult, _Mapping]]] = ..., tokenizer_sha256: _Optional[str] = ..., model_id: _Optional[str] = ...) -> None: ...
+    timing: Timing
+    def __init__(self, results: _Optional[_Iterable[_Union[GenerateResult, _Mapping]]] = ..., tokenizer_sha256: _Optional[str] = ..., model_id: _Optional[str] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
