@@ -24,6 +24,7 @@ from student_trainer.losses import (
     LossConfig,
     LossInputs,
     count_nonfinite,
+    entropy_top_threshold,
     merge_metrics,
     summarize_metrics,
 )
@@ -62,11 +63,28 @@ def _student_side(
     return out
 
 
+def _step_entropy_threshold(
+    model: PreTrainedModel,
+    batches: Sequence[MicroBatch],
+    loss_cfg: LossConfig,
+    device: torch.device,
+) -> float | None:
+    """`entropy_top20`'s cut over the whole step, so the selected tokens do not depend on the
+    micro-batch split; it costs one extra no-grad forward, paid only when there are several."""
+    if loss_cfg.method != "entropy_top20" or len(batches) < 2:
+        return None  # one micro-batch: the loss takes the cut over it, which is the step
+    with torch.no_grad():
+        entropies = [_student_side(model, mb, device)["student_entropy_B_T"] for mb in batches]
+    masks = [mb.response_mask_B_T.to(device) for mb in batches]
+    return entropy_top_threshold(entropies, masks, loss_cfg.entropy_top_fraction)
+
+
 def _loss_inputs(
     mb: MicroBatch,
     student: dict[str, torch.Tensor],
     uniform_B_T: torch.Tensor,
     device: torch.device,
+    entropy_threshold: float | None,
 ) -> LossInputs:
     def dev(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.to(device)
@@ -83,6 +101,7 @@ def _loss_inputs(
         trust_uniform_B_T=uniform_B_T.to(device),
         response_mask_B_T=dev(mb.response_mask_B_T),
         prefix_mask_B_T=dev(mb.prefix_mask_B_T),
+        student_entropy_threshold=entropy_threshold,
     )
 
 
@@ -120,14 +139,17 @@ def apply_update(
     optimizer.zero_grad(set_to_none=True)
     parts: list[dict[str, float]] = []
     step = optim.micro_batch_size
-    for lo in range(0, len(sequences), step):
-        mb = collate(sequences[lo : lo + step], scores[lo : lo + step], pad_id)
+    starts = range(0, len(sequences), step)
+    batches = [collate(sequences[lo : lo + step], scores[lo : lo + step], pad_id) for lo in starts]
+    threshold = _step_entropy_threshold(model, batches, loss_cfg, device)
+    for lo, mb in zip(starts, batches, strict=True):
         student = _student_side(model, mb, device)
         inputs = _loss_inputs(
             mb,
             student,
             uniform_N_T[lo : lo + mb.num_sequences, : mb.response_ids_B_T.shape[1]],
             device,
+            threshold,
         )
         loss, metrics = loss_fn(inputs, loss_cfg, normalizer)
         loss.backward()
