@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -74,6 +75,14 @@ class ServerConfig(BaseModel):
     tgi_max_concurrency: int = Field(
         8, ge=1, description="backend tgi: parallel requests to TGI (capped by TGI's own)"
     )
+    tgi_token: SecretStr | None = Field(
+        None,
+        description="backend tgi: bearer token sent to TGI (Authorization header); "
+        "prefer TEACHER_TGI_TOKEN over the flag; never printed",
+    )
+    tgi_timeout_s: float = Field(
+        60.0, gt=0, description="backend tgi: HTTP timeout of each request to TGI, in seconds"
+    )
     max_message_bytes: int = Field(
         512 * 1024 * 1024, ge=1024, description="largest gRPC message sent or received"
     )
@@ -126,8 +135,8 @@ class ServerConfig(BaseModel):
         return self.model_id or self.model
 
     def to_json(self) -> str:
-        """The resolved configuration as one JSON line (printed at start-up)."""
-        return json.dumps(self.model_dump(), sort_keys=True)
+        """The resolved configuration as one JSON line (printed at start-up); secrets masked."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
 
 
 def env_name(field: str) -> str:

@@ -121,6 +121,21 @@ def test_tgi_and_observability_profiles(compose: dict[str, Any]) -> None:
             assert int(port) in listening[host], f"{job['job_name']}: {target}"
 
 
+def test_tgi_teacher_takes_token_and_timeout_from_the_environment(
+    compose: dict[str, Any],
+) -> None:
+    from teacher.config import load_config
+
+    spec = compose["services"]["teacher-tgi"]
+    config = load_config(environ={k: str(v) for k, v in spec["environment"].items()})
+    assert config.backend == "tgi" and config.tgi_timeout_s == 60
+    assert config.tgi_token is None  # TGI_TOKEN empty in .env.example: no header
+    env = {**read_env_file(ENV_EXAMPLE), "TGI_TOKEN": "tgi-secret"}
+    spec = load_compose(env)["services"]["teacher-tgi"]
+    config = load_config(environ={k: str(v) for k, v in spec["environment"].items()})
+    assert config.tgi_token is not None and config.tgi_token.get_secret_value() == "tgi-secret"
+
+
 @pytest.mark.parametrize("name", ["teacher", "teacher-gpu"])
 def test_teacher_environment_loads_in_the_server_config(compose: dict[str, Any], name: str) -> None:
     from teacher.config import load_config
@@ -138,7 +153,12 @@ def test_student_commands_load_in_the_trainer_config(compose: dict[str, Any], na
     assert command[:4] == ["tropd-train", "run", "--config", command[3]]
     cfg = config_module.load_config(ROOT / command[3], command[4:])
     assert cfg.name == name
+    # Reachable on the compose network (Prometheus scrapes it), not only on loopback.
+    assert cfg.train.status_host == "0.0.0.0"
     assert cfg.train.status_port in {int(p) for p in compose["services"][name]["expose"]}
+    scrape = yaml.safe_load((ROOT / "deploy" / "compose" / "prometheus.yml").read_text())
+    targets = {t for job in scrape["scrape_configs"] for t in job["static_configs"][0]["targets"]}
+    assert f"{name}:{cfg.train.status_port}" in targets
 
 
 def test_every_command_is_a_project_entry_point(compose: dict[str, Any]) -> None:

@@ -32,13 +32,16 @@ from deploy_support import (
 OLDEST_KUBE = "1.29.0"  # Chart.yaml kubeVersion
 KUBE_VERSIONS = (OLDEST_KUBE, kubernetes_validate.utils.latest_version())
 # Custom resources have no schema in kubernetes-validate; they get a structural check below.
-CRD_KINDS = {"ServiceMonitor"}
+CRD_KINDS = {"ServiceMonitor", "PodMonitor"}
 # Settings the chart derives itself (from teacher.model, teacher.ports and auth), not
 # teacher.config.
 CHART_SET_TEACHER_FIELDS = {"model", "host", "port", "http_port", "tokens_file"}
 # Not offered by the chart: the kubelet's gRPC startup/readiness probes cannot speak TLS (use a
 # service mesh for in-cluster TLS).
 CHART_UNSUPPORTED_TEACHER_FIELDS = {"tls_cert_file", "tls_key_file", "tls_client_ca_file"}
+# Secrets never go into teacher.config (a ConfigMap): TEACHER_TGI_TOKEN comes from a Secret
+# through teacher.extraEnv (examples/tgi-teacher.yaml).
+CHART_SECRET_TEACHER_FIELDS = {"tgi_token"}
 
 
 @pytest.mark.parametrize("values_file", VALUES_FILES, ids=values_id)
@@ -75,6 +78,25 @@ def test_service_monitor_shape() -> None:
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] in {p["name"] for p in http_service["spec"]["ports"]}
     assert endpoint["path"] == "/metrics"
+
+
+def test_pod_monitor_shape() -> None:
+    """The students' PodMonitor selects every student pod and scrapes its named status port."""
+    objs = render_file(CHART / "ci" / "gpu-values.yaml")
+    (monitor,) = find(objs, "PodMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["path"] == "/metrics"
+    jobs = find(objs, "Job")
+    assert jobs
+    for job in jobs:
+        pod = job["spec"]["template"]
+        assert selector.items() <= pod["metadata"]["labels"].items()
+        ports = {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+        assert endpoint["port"] in ports
+    assert not find(render_file(None), "PodMonitor")  # off by default
 
 
 # --- values.schema.json --------------------------------------------------------------------------
@@ -124,6 +146,19 @@ BAD_VALUES = [
         id="override-not-key-value",
     ),
     pytest.param({"students": {"name": "a"}}, "/students", id="students-not-a-list"),
+    pytest.param(
+        {"teacher": {"config": {"tgi_token": "secret"}}},
+        "'tgi_token'",
+        id="tgi-token-not-in-the-configmap",
+    ),
+    pytest.param(
+        {"teacher": {"config": {"tgi_timeout_s": 0}}}, "tgi_timeout_s", id="tgi-timeout-zero"
+    ),
+    pytest.param(
+        {"trainer": {"probes": {"liveness": {"periodSeconds": 0}}}},
+        "/trainer/probes/liveness",
+        id="trainer-probe-period-zero",
+    ),
     pytest.param({"auth": {"enabled": "yes"}}, "/auth/enabled", id="string-for-boolean"),
     pytest.param(
         {"auth": {"jobs": [{"name": "a", "token": "short"}]}},
@@ -204,7 +239,9 @@ def test_teacher_config_keys_are_exactly_the_server_settings() -> None:
     from teacher.config import ServerConfig
 
     expected = set(ServerConfig.model_fields) - CHART_SET_TEACHER_FIELDS
-    assert _schema_teacher_settings() == expected - CHART_UNSUPPORTED_TEACHER_FIELDS
+    assert _schema_teacher_settings() == (
+        expected - CHART_UNSUPPORTED_TEACHER_FIELDS - CHART_SECRET_TEACHER_FIELDS
+    )
 
 
 @pytest.mark.parametrize("values_file", VALUES_FILES, ids=values_id)
@@ -281,6 +318,11 @@ def test_student_jobs_load_in_the_trainer_config(values_file: Path | None, tmp_p
         assert cfg.name == student
         assert cfg.train.run_dir == f"/runs/{student}"
         assert cfg.teacher.target.endswith(":50051")
+        # The status port is reachable from outside the pod (probes, Prometheus).
+        assert cfg.train.status_host == "0.0.0.0"
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["status"] == cfg.train.status_port
 
 
 def test_gpu_requests_follow_gpu_count_and_tokens_come_from_the_secret() -> None:
@@ -300,6 +342,43 @@ def test_gpu_requests_follow_gpu_count_and_tokens_come_from_the_secret() -> None
             "name": "tropd-job-tokens",
             "key": job["metadata"]["labels"]["tropd.dev/student"],
         }
+
+
+def test_student_probes_use_the_status_port() -> None:
+    objs = render_file(CHART / "ci" / "gpu-values.yaml")
+    jobs = find(objs, "Job")
+    assert jobs
+    for job in jobs:
+        (container,) = job["spec"]["template"]["spec"]["containers"]
+        for probe in ("startupProbe", "livenessProbe"):
+            assert container[probe]["httpGet"] == {"path": "/livez", "port": "status"}
+        startup = container["startupProbe"]
+        # Room for loading the student and the trainer's default teacher.wait_ready_s (120 s).
+        assert startup["periodSeconds"] * startup["failureThreshold"] > 120
+        assert "readinessProbe" not in container  # a Job's pod backs no Service
+
+
+def test_tgi_settings_reach_the_server_and_the_token_comes_from_a_secret() -> None:
+    from deploy_support import objects
+    from teacher.config import load_config
+
+    token_env = {
+        "name": "TEACHER_TGI_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "tgi-token", "key": "token"}},
+    }
+    values = yaml.safe_load((CHART / "examples" / "tgi-teacher.yaml").read_text())
+    values["teacher"]["extraEnv"] = [token_env]
+    objs = objects(render_values(values))
+    (config_map,) = [
+        c for c in find(objs, "ConfigMap") if c["metadata"]["name"].endswith("-teacher")
+    ]
+    assert "TEACHER_TGI_TOKEN" not in config_map["data"]
+    (deployment,) = find(objs, "Deployment")
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert token_env in env
+    config = load_config(environ={**config_map["data"], "TEACHER_TGI_TOKEN": "from-the-secret"})
+    assert config.backend == "tgi" and config.tgi_timeout_s == 120
+    assert config.tgi_token is not None
 
 
 def test_teacher_pod_spec_covers_the_operational_requirements() -> None:

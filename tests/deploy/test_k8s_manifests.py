@@ -27,6 +27,8 @@ def test_plain_manifests_are_strictly_valid_and_listed(scenario) -> None:
     for name in manifests:
         for obj in yaml.safe_load_all((folder / name).read_text()):
             kinds.add(obj["kind"])
+            if obj["kind"] == "Job":
+                _assert_status_port_is_reachable(obj)
             assert "helm.sh/hook" not in (obj["metadata"].get("annotations") or {})
             try:
                 kubernetes_validate.validate(
@@ -35,3 +37,14 @@ def test_plain_manifests_are_strictly_valid_and_listed(scenario) -> None:
             except (kubernetes_validate.ValidationError, jsonschema.ValidationError) as error:
                 pytest.fail(f"{scenario.folder}/{name}: {error}")
     assert {"Deployment", "Service", "ConfigMap", "Job", "PersistentVolumeClaim"} <= kinds
+
+
+def _assert_status_port_is_reachable(job: dict) -> None:
+    """A student binds its status server on every pod address and declares the port."""
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert "train.status_host=0.0.0.0" in args, args
+    (port_arg,) = [a for a in args if a.startswith("train.status_port=")]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["status"] == int(port_arg.split("=", 1)[1])
+    assert container["livenessProbe"]["httpGet"]["port"] == "status"

@@ -10,6 +10,7 @@ the package index is unreachable; any other build failure fails them.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -89,6 +90,7 @@ class TgiTeacher:
     process: subprocess.Popen[str]
     target: str
     http_port: int
+    startup_output: list[str]
 
 
 def _read_ports(process: subprocess.Popen[str]) -> tuple[int, int, list[str]]:
@@ -105,9 +107,15 @@ def _read_ports(process: subprocess.Popen[str]) -> tuple[int, int, list[str]]:
 
 
 def start_tgi_teacher(
-    tgi_python: Path, tgi_url: str, tokenizer_dir: Path, *extra: str
+    tgi_python: Path,
+    tgi_url: str,
+    tokenizer_dir: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
 ) -> TgiTeacher:
     """Start `tropd-teacher serve --backend tgi` in the venv; return once it says ready.
+
+    `env` adds to (or overrides) this process's environment, e.g. TEACHER_TGI_TOKEN.
 
     Raises:
         RuntimeError: the server exited first (its output is in the message).
@@ -118,15 +126,20 @@ def start_tgi_teacher(
         "--port", "0", "--http-port", "0", "--drain-grace-s", "2", *extra,
     ]  # fmt: skip
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
     )
     try:
-        grpc_port, http_port, _ = _read_ports(process)
+        grpc_port, http_port, seen = _read_ports(process)
     except BaseException:
         process.kill()
         process.wait(timeout=30)
         raise
-    return TgiTeacher(process, f"127.0.0.1:{grpc_port}", http_port)
+    return TgiTeacher(process, f"127.0.0.1:{grpc_port}", http_port, seen)
 
 
 def stop(teacher: TgiTeacher) -> None:
@@ -143,8 +156,10 @@ def tgi_teacher_factory(tgi_python: Path) -> Iterator:
     """Start tgi-backed teachers; every one is stopped at the end of the test."""
     started: list[TgiTeacher] = []
 
-    def make(tgi_url: str, tokenizer_dir: Path, *extra: str) -> TgiTeacher:
-        teacher = start_tgi_teacher(tgi_python, tgi_url, tokenizer_dir, *extra)
+    def make(
+        tgi_url: str, tokenizer_dir: Path, *extra: str, env: dict[str, str] | None = None
+    ) -> TgiTeacher:
+        teacher = start_tgi_teacher(tgi_python, tgi_url, tokenizer_dir, *extra, env=env)
         started.append(teacher)
         return teacher
 

@@ -9,7 +9,8 @@ scores of a different token sequence are worse than no scores. TGI returns no to
 positions and cannot gather candidates, so this backend scores sampled tokens only, and
 generation is left to the student (capabilities say so; the trainer refuses losses that need
 more). Requests run in parallel up to `max_concurrency`, capped by TGI's own
-`max_concurrent_requests`.
+`max_concurrent_requests`. A TGI behind authentication gets `Authorization: Bearer <token>`
+on every request (`token`, from TEACHER_TGI_TOKEN; never logged); `timeout_s` bounds each one.
 
     TEACHER_BACKEND=tgi TEACHER_TGI_URL=http://tgi:80 TEACHER_MODEL=/tokenizer tropd-teacher serve
 
@@ -26,7 +27,7 @@ from typing import Any, TypeVar
 import numpy as np
 import requests
 import text_generation
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from text_generation import errors as tgi_errors
 
 from teacher.backends.base import (
@@ -75,7 +76,16 @@ class TGIOptions(BaseModel):
     url: str = Field(description="TGI base URL, e.g. http://tgi:80")
     model_path: str = Field(description="folder with the shared tokenizer.json (+ config)")
     max_concurrency: int = Field(8, ge=1, description="parallel requests to TGI at most")
-    timeout_s: float = Field(60.0, gt=0, description="per-request HTTP timeout")
+    timeout_s: float = Field(60.0, gt=0, description="per-request HTTP timeout, in seconds")
+    token: SecretStr | None = Field(
+        None, description="bearer token for a TGI behind authentication (never logged)"
+    )
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers of every request to TGI: `Authorization: Bearer <token>` when set."""
+        if self.token is None or not self.token.get_secret_value():
+            return {}
+        return {"Authorization": f"Bearer {self.token.get_secret_value()}"}
 
 
 def map_tgi_error(exc: Exception, url: str) -> TeacherError:
@@ -126,7 +136,12 @@ class TGIBackend:
         self._tgi_info = self._get_info()
         tgi_cap = int(self._tgi_info.get("max_concurrent_requests") or options.max_concurrency)
         self.concurrency = max(1, min(options.max_concurrency, tgi_cap))
-        self._client = text_generation.Client(self.url, timeout=int(max(1, options.timeout_s)))
+        # `requests` takes a float timeout, whatever text_generation's annotation says.
+        self._client = text_generation.Client(
+            self.url,
+            headers=options.headers(),
+            timeout=options.timeout_s,
+        )
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="tgi")
         total = int(self._tgi_info.get("max_total_tokens") or 0)
         if total < 3:
@@ -150,11 +165,15 @@ class TGIBackend:
 
     def _get_info(self) -> dict[str, Any]:
         try:
-            response = requests.get(f"{self.url}/info", timeout=self.options.timeout_s)
+            response = requests.get(
+                f"{self.url}/info", headers=self.options.headers(), timeout=self.options.timeout_s
+            )
             response.raise_for_status()
             return dict(response.json())
         except (requests.RequestException, ValueError) as exc:
-            raise Unavailable(f"TGI at {self.url} does not answer /info: {exc}") from None
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            hint = " (check the token: TEACHER_TGI_TOKEN)" if status in (401, 403) else ""
+            raise Unavailable(f"TGI at {self.url} does not answer /info: {exc}{hint}") from None
 
     def info(self) -> BackendInfo:
         return self._info
