@@ -59,6 +59,8 @@ def _load_backend(config: ServerConfig) -> Backend:
             url=config.tgi_url,
             model_path=config.model,
             max_concurrency=config.tgi_max_concurrency,
+            token=config.tgi_token,
+            timeout_s=config.tgi_timeout_s,
         )
     return load_backend(
         config.backend, model_path=config.model, device=config.device, dtype=config.dtype

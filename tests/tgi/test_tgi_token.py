@@ -177,14 +177,6 @@ def test_server_settings_take_the_token_from_the_environment_and_mask_it() -> No
             load_config(environ={**base, "TEACHER_TGI_TIMEOUT_S": bad})
 
 
-# Needs services/teacher/server.py `_load_backend` to pass token=config.tgi_token and
-# timeout_s=config.tgi_timeout_s to the tgi backend; drop the marker with that change.
-NEEDS_SERVER_WIRING = pytest.mark.xfail(
-    strict=True, reason="server._load_backend does not pass tgi_token / tgi_timeout_s yet"
-)
-
-
-@NEEDS_SERVER_WIRING
 def test_server_hands_token_and_timeout_to_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     import teacher.backends
     from teacher import server
@@ -202,7 +194,6 @@ def test_server_hands_token_and_timeout_to_the_backend(monkeypatch: pytest.Monke
     assert options["timeout_s"] == 7.5
 
 
-@NEEDS_SERVER_WIRING
 def test_tgi_teacher_behind_a_token_serves_and_never_prints_it(
     guarded_teacher: ServerHandle, tiny_llama_dir: Path, tgi_teacher_factory
 ) -> None:
