@@ -86,9 +86,14 @@ def collate(
     valid_B_T = j_T[None, :] < lengths_B[:, None]
     in_prefix_B_T = j_T[None, :] < prefix_B[:, None]
     response_ids = [s.ids[s.context_len :] for s in sequences]
-    have_scores = all(sc is not None for sc in scores)
-    topk = have_scores and scores[0].topk_ids is not None  # type: ignore[union-attr]
-    entropy = have_scores and scores[0].entropy is not None  # type: ignore[union-attr]
+    graded = [sc for sc in scores if sc is not None]
+    have_scores = len(graded) == len(sequences)
+    topk = have_scores and graded[0].topk_ids is not None
+    entropy = have_scores and graded[0].entropy is not None
+
+    def teacher_rows(field: str, fill: float, dtype: torch.dtype) -> torch.Tensor:
+        return _pad_rows([getattr(sc, field) for sc in graded], width_T, fill, dtype)
+
     zeros_B_T = torch.zeros((len(sequences), width_T), dtype=torch.float32)
     return MicroBatch(
         ids_B_L=ids_B_L,
@@ -104,21 +109,11 @@ def collate(
             [s.behavior_logprobs for s in sequences], width_T, 0.0, torch.float32
         ),
         teacher_logprobs_B_T=(
-            _pad_rows([sc.logprobs for sc in scores], width_T, 0.0, torch.float32)  # type: ignore[union-attr]
-            if have_scores
-            else zeros_B_T
+            teacher_rows("logprobs", 0.0, torch.float32) if have_scores else zeros_B_T
         ),
-        teacher_topk_ids_B_T_K=(
-            _pad_rows([sc.topk_ids for sc in scores], width_T, 0, torch.long) if topk else None  # type: ignore[union-attr]
-        ),
+        teacher_topk_ids_B_T_K=teacher_rows("topk_ids", 0, torch.long) if topk else None,
         teacher_topk_logprobs_B_T_K=(
-            _pad_rows([sc.topk_logprobs for sc in scores], width_T, 0.0, torch.float32)
-            if topk
-            else None  # type: ignore[union-attr]
+            teacher_rows("topk_logprobs", 0.0, torch.float32) if topk else None
         ),
-        teacher_entropy_B_T=(
-            _pad_rows([sc.entropy for sc in scores], width_T, 0.0, torch.float32)
-            if entropy
-            else None  # type: ignore[union-attr]
-        ),
+        teacher_entropy_B_T=teacher_rows("entropy", 0.0, torch.float32) if entropy else None,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from teacher.client import TeacherClient
@@ -27,6 +28,11 @@ def encode_prompts(
     return [list(tokenizer(ex.prompt)["input_ids"]) for ex in examples]
 
 
+def decode_text(tokenizer: PreTrainedTokenizerBase, ids: np.ndarray) -> str:
+    """The text of one id sequence, special tokens dropped (what a task's verifier reads)."""
+    return cast(str, tokenizer.decode(ids.tolist(), skip_special_tokens=True))
+
+
 def _score(
     task: Task,
     tokenizer: PreTrainedTokenizerBase,
@@ -34,9 +40,9 @@ def _score(
     outputs: list[np.ndarray],
 ) -> EvalResult:
     verdicts = []
-    samples = []
+    samples: list[tuple[str, str, bool]] = []
     for ex, ids in zip(examples, outputs, strict=True):
-        text = tokenizer.decode(ids.tolist(), skip_special_tokens=True)
+        text = decode_text(tokenizer, ids)
         ok = task.verify(ex, text)
         verdicts.append(ok)
         if len(samples) < 4:

@@ -71,7 +71,7 @@ def sample_completions(
     model.eval()
     device = next(model.parameters()).device
     sampling = {} if greedy else {"temperature": temperature, "top_k": 0, "top_p": 1.0}
-    out = model.generate(
+    out = model.generate(  # type: ignore[operator]  # transformers' stub types it as a Tensor
         input_ids=ids_B_L.to(device),
         attention_mask=mask_B_L.to(device),
         do_sample=not greedy,

@@ -120,7 +120,7 @@ def load_student(cfg: RunConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
         raise SetupError(f"cannot load the student from {path!r}: {exc}") from exc
     if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
         raise SetupError(f"student tokenizer at {path} needs both a pad and an eos token")
-    return model.to(cfg.student.device), tokenizer
+    return model.to(cfg.student.device), tokenizer  # type: ignore[arg-type]  # transformers stub
 
 
 def check_teacher(
@@ -165,6 +165,12 @@ def check_teacher(
             f"loss {cfg.loss.method!r} needs teacher entropies; "
             f"the {info.backend!r} backend has none"
         )
+
+
+def _draft_table(cfg: RunConfig) -> dict[str, np.ndarray] | None:
+    """The drafts file's table when guidance reads drafts from a file (config-validated)."""
+    path = cfg.guidance.drafts_file
+    return load_drafts(path) if cfg.guidance.source == "file" and path else None
 
 
 def open_session(cfg: RunConfig) -> Session:
@@ -217,7 +223,5 @@ def open_session(cfg: RunConfig) -> Session:
         status=status,
         server=server,
         max_new_tokens=cfg.rollout.max_new_tokens or task.max_new_tokens,
-        draft_table=load_drafts(cfg.guidance.drafts_file)
-        if cfg.guidance.source == "file"
-        else None,
+        draft_table=_draft_table(cfg),
     )

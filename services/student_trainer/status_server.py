@@ -105,7 +105,8 @@ class TrainerStatus:
         self._lock = threading.Lock()
         self._clock = clock
         self._run_name, self._run_dir, self._total_steps = run_name, str(run_dir), total_steps
-        self._state, self._detail = RunState.STARTING, None
+        self._state: RunState = RunState.STARTING
+        self._detail: str | None = None
         self._step = 0
         self._metrics: dict[str, float] = {}
         self._skipped = 0
@@ -211,7 +212,7 @@ class _StatusCollector(Collector):
         yield CounterMetricFamily(
             "trainer_skipped_steps", "Steps skipped for non-finite values", value=snap.skipped_steps
         )
-        optional = {
+        optional: dict[str, tuple[str, float | None]] = {
             "trainer_eval_accuracy": ("Task accuracy at the last evaluation", snap.eval_accuracy),
             "trainer_eval_step": ("Step of the last evaluation", snap.eval_step),
             "trainer_checkpoint_age_seconds": (
@@ -220,9 +221,9 @@ class _StatusCollector(Collector):
             ),
             "trainer_eta_seconds": ("Estimated time to the last step", snap.eta_seconds),
         }
-        for name, (help_text, value) in optional.items():
-            if value is not None:
-                yield GaugeMetricFamily(name, help_text, value=value)
+        for name, (help_text, reading) in optional.items():
+            if reading is not None:
+                yield GaugeMetricFamily(name, help_text, value=reading)
 
 
 def _finite_or_none(value: Any) -> Any:

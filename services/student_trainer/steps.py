@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from student_trainer.batch import TrainSequence
 from student_trainer.config import RunConfig
-from student_trainer.evaluate import encode_prompts
+from student_trainer.evaluate import decode_text, encode_prompts
 from student_trainer.guidance import drafts_for, strip_eos, teacher_drafts
 from student_trainer.losses import guidance_prefix_len, needs_teacher_entropy, needs_topk
 from student_trainer.rollout import sample_completions
@@ -51,7 +51,7 @@ def _sft_sequences(
     """The `sft` baseline trains on the teacher's drafts themselves, teacher-forced."""
     out = []
     for p, (ex, prompt, draft) in enumerate(zip(examples, prompts, drafts, strict=True)):
-        text = s.tokenizer.decode(draft.tolist(), skip_special_tokens=True)
+        text = decode_text(s.tokenizer, draft)
         out.append(
             TrainSequence(
                 prompt_index=p,
@@ -94,7 +94,7 @@ def _on_policy_sequences(
     for c in completions:
         prefix = prefixes[c.context_index]
         response = np.concatenate([prefix, c.ids])[: s.max_new_tokens]
-        text = s.tokenizer.decode(response.tolist(), skip_special_tokens=True)
+        text = decode_text(s.tokenizer, response)
         sequences.append(
             TrainSequence(
                 prompt_index=c.context_index,

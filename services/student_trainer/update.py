@@ -99,7 +99,7 @@ def _loss_inputs(
         teacher_entropy_B_T=dev(mb.teacher_entropy_B_T),
         student_entropy_B_T=student["student_entropy_B_T"],
         trust_uniform_B_T=uniform_B_T.to(device),
-        response_mask_B_T=dev(mb.response_mask_B_T),
+        response_mask_B_T=mb.response_mask_B_T.to(device),
         prefix_mask_B_T=dev(mb.prefix_mask_B_T),
         student_entropy_threshold=entropy_threshold,
     )

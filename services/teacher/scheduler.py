@@ -397,7 +397,7 @@ class Scheduler:
         self._hooks.on_batch(kind, served, padded)
         for item in batch:
             self._served[item.job] = self._served.get(item.job, 0) + item.length
-        call: Callable[[Any], list[Any]] = (
+        call: Callable[[Any], Sequence[Any]] = (
             self._backend.score if kind == "score" else self._backend.generate
         )
         self._in_flight = batch

@@ -72,7 +72,7 @@ class TextTokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> Encoded:
         enc = self._tok.encode(text, add_special_tokens=add_special_tokens)
-        return Encoded(list(enc.ids), [tuple(o) for o in enc.offsets])
+        return Encoded(list(enc.ids), [(int(a), int(b)) for a, b in enc.offsets])
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)

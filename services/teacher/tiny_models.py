@@ -138,7 +138,9 @@ def _mlp_width(hidden: int) -> int:
 def _config(arch: str, sizes: dict[str, int]) -> Any:
     """A transformers config for `arch`; GQA (half as many KV heads) where the layout has it."""
     hidden, layers, heads = sizes["hidden"], sizes["layers"], sizes["heads"]
-    special = {"bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID}
+    special: dict[str, Any] = {
+        "bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID,
+    }  # fmt: skip
     if arch == "gpt2":
         return GPT2Config(
             vocab_size=sizes["vocab_size"],
@@ -149,7 +151,7 @@ def _config(arch: str, sizes: dict[str, int]) -> Any:
             **special,
         )
     kv_heads = heads // 2 if heads % 2 == 0 else heads
-    common = dict(
+    common: dict[str, Any] = dict(
         vocab_size=sizes["vocab_size"],
         hidden_size=hidden,
         intermediate_size=_mlp_width(hidden),

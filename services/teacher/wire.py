@@ -85,7 +85,9 @@ def to_tensor(array: np.ndarray, dtype: np.dtype | type | str | int | None = Non
     arr = np.asarray(array)
     if dtype is None:
         enum = dtype_enum(arr.dtype)
-    elif isinstance(dtype, int) and not isinstance(dtype, bool):
+    elif isinstance(dtype, bool):  # an int subclass, but never meant as a DType value
+        raise ValueError(f"unsupported dtype {dtype!r}; supported: float32, float16, int32")
+    elif isinstance(dtype, int):
         enum = int(dtype)
     else:
         enum = dtype_enum(dtype)
@@ -98,7 +100,7 @@ def to_tensor(array: np.ndarray, dtype: np.dtype | type | str | int | None = Non
         if arr.min() < info.min or arr.max() > info.max:
             raise ValueError(f"values outside the int32 range cannot be encoded ({arr.dtype})")
     data = np.ascontiguousarray(arr, dtype=wire).tobytes()
-    return pb.Tensor(dtype=enum, shape=list(arr.shape), data=data)
+    return pb.Tensor(dtype=pb.DType.ValueType(enum), shape=list(arr.shape), data=data)
 
 
 def from_tensor(

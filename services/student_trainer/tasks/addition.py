@@ -122,7 +122,7 @@ def parse_problem(prompt: str, digits: int) -> Problem:
 
 
 def _draw_unique(rng: random.Random, count: int, digits: int, taken: set[Problem]) -> list[Problem]:
-    limit, drawn = 10**digits, []
+    limit, drawn = 10**digits, list[Problem]()
     while len(drawn) < count:
         problem = Problem(rng.randrange(limit), rng.randrange(limit))
         if problem not in taken:

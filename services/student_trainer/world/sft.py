@@ -127,7 +127,7 @@ def greedy_completions(
     for start in range(0, len(examples), batch_size):
         prompts = [e.prompt for e in examples[start : start + batch_size]]
         encoded = tokenizer(prompts, return_tensors="pt", padding=True)
-        out_B_T = model.generate(
+        out_B_T = model.generate(  # type: ignore[operator]  # transformers' stub: a Tensor
             **encoded,
             do_sample=False,
             max_new_tokens=max_new_tokens,

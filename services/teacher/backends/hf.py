@@ -97,7 +97,7 @@ class HFBackend:
         model = AutoModelForCausalLM.from_pretrained(
             options.model_path, revision=options.revision, dtype=dtype, **extra
         )
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.device).eval()  # type: ignore[arg-type]  # transformers stub
         self.body = self.model.base_model
         self.head = OutputHead.of(self.model)
         self._cache_kwarg = _cache_kwarg(self.body)
