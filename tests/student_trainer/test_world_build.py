@@ -9,9 +9,11 @@ import pytest
 import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file
-from student_trainer.tasks.addition import AdditionConfig
+from student_trainer.tasks.addition import AdditionConfig, AdditionTask
+from student_trainer.world import build as build_module
 from student_trainer.world import build_world, load_manifest, world_task
-from student_trainer.world.build import ModelSpec, WorldSpec, main
+from student_trainer.world.build import ModelSpec, WorldSpec, default_spec, long_spec, main
+from student_trainer.world.manifest import WorldManifest
 from teacher.fingerprint import fingerprint_of
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -96,3 +98,29 @@ def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exit_info.value.code == 0
     assert "--only" in capsys.readouterr().out
+
+
+def test_long_recipe_has_answers_several_times_longer() -> None:
+    """Issue 8's long-answer world: the default recipe's teacher and habit student, more digits."""
+    long, default = long_spec(), default_spec()
+    assert sorted(long.models) == ["student", "student-strong", "teacher"]
+    for name in ("teacher", "student", "student-strong"):  # only the steps differ
+        same = {"description": "", "steps": 1}
+        assert long.models[name].model_copy(update=same) == default.models[name].model_copy(
+            update=same
+        )
+    ratio = AdditionTask(long.task).max_new_tokens / AdditionTask(default.task).max_new_tokens
+    assert ratio >= 2.5
+
+
+def test_cli_long_recipe_builds_the_long_spec(monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    seen = {}
+
+    def fake_build(out, seed, progress, *, only=None, spec=None):  # noqa: ANN001, ANN202
+        seen.update(out=out, spec=spec, only=only)
+        return WorldManifest.model_construct(models={})
+
+    monkeypatch.setattr(build_module, "build_world", fake_build)
+    assert main(["--recipe", "long", "--out", str(tmp_path), "--only", "teacher", "--quiet"]) == 0
+    assert seen == {"out": tmp_path, "spec": long_spec(), "only": ["teacher"]}

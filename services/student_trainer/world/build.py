@@ -1,6 +1,7 @@
 """Build the built-in world from scratch: tokenizer, teacher, students, `world.json`.
 
     python -m student_trainer.world [--out worlds/builtin] [--only teacher,student] [--digits 4]
+    python -m student_trainer.world --recipe long --out worlds/long   (the long-answer world)
     tropd-train build-world ...            (the same, through the trainer CLI)
 
 Every model is a GPT-2 (`GPT2LMHeadModel`) trained by plain SFT (see `sft.py`) on a mix of the
@@ -132,6 +133,45 @@ def default_spec(digits: int = 4, seed: int = 0) -> WorldSpec:
             "student-hard": _student(
                 "hard mismatch: 2 x 64, mostly the hard style (carry in first), imperfect",
                 300, {"hard": 0.9, "teacher": 0.1},
+            ),
+        },
+    )
+
+
+LONG_DIGITS = 12  # 121-token answers (+ eos), ~2.9x the default world's 41
+LONG_WORLD_DIR = Path(__file__).resolve().parents[3] / "worlds" / "long"  # the committed one
+
+
+def long_spec(digits: int = LONG_DIGITS, seed: int = 0) -> WorldSpec:
+    """The long-answer world (issue 8, worlds/long): answers ~2.9x longer than the default's.
+
+    For the question whether a weighting that grows with position (`surprise`: `S_t` sums over
+    the response so far) switches the outlier term off late in long answers. The default recipe's
+    sizes, rates and data mixes on 12-digit addition; only the step counts differ (the longer
+    task needs more). Calibrated for 12 digits and seed 0 on one CPU thread, greedy eval accuracy
+    on the 256-example eval set against SFT steps. Teacher (4 x 128): 500: 81%, 1000: 100%.
+    Habit student (2 x 64, lr 2e-3): 240: 0%, 1000: 3.5%, 1010: 66%, 1020: 99.6%, 1030: 100%,
+    1060: 91%, 1100: 100%, 1250: 100%, 2000: 99.6%: a cliff around 1000-1020 steps and not
+    monotonic after it (the student either has the long-range digit lookup or it has not), so
+    nothing lands in 40-65%; the closest are `student` (1010, 66%) and `student-strong` (1060,
+    91%). Another seed, digit count or torch version moves these: calibrate before relying on it.
+    """
+    teacher = ModelSpec(
+        description=f"4 x 128 teacher, SFT in the teacher style only, {digits} digits",
+        n_layer=4, n_embd=128, steps=1000, lr=1e-3, style_mix={"teacher": 1.0},
+    )
+    return WorldSpec(
+        task=AdditionConfig(digits=digits),
+        seed=seed,
+        models={
+            "teacher": teacher,
+            "student": _student(
+                f"long-answer student: 2 x 64, mostly the habit style, imperfect, {digits} digits",
+                1010, _HABIT_MIX,
+            ),
+            "student-strong": _student(
+                f"stronger start: 2 x 64, mostly the habit style, trained longer, {digits} digits",
+                1060, _HABIT_MIX,
             ),
         },
     )
@@ -292,18 +332,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Train the built-in world (teacher and students on N-digit addition) from "
         "scratch and save it as save_pretrained folders plus world.json.",
     )
-    parser.add_argument("--out", type=Path, default=builtin_world_dir(),
-                        help="world folder (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"world folder (default: {builtin_world_dir()}; the long recipe: "
+                        f"{LONG_WORLD_DIR})")
     parser.add_argument("--only", default=None,
                         help="comma-separated models to (re)build, e.g. teacher,student")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
-    parser.add_argument("--digits", type=int, default=4, help="operand digits (default: 4)")
+    parser.add_argument("--digits", type=int, default=None,
+                        help="operand digits (default: 4; the long recipe: 12)")
+    parser.add_argument("--recipe", choices=("default", "long"), default="default",
+                        help="default: the built-in world's five models; long: the long-answer "
+                        "world's teacher and two students (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     only = None if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
     started = time.perf_counter()
-    manifest = build_world(args.out, args.seed, not args.quiet, digits=args.digits, only=only)
+    if args.recipe == "long":
+        spec = long_spec(args.digits or LONG_DIGITS, args.seed)
+        args.out = args.out or LONG_WORLD_DIR
+    else:
+        spec = default_spec(args.digits or 4, args.seed)
+        args.out = args.out or builtin_world_dir()
+    manifest = build_world(args.out, args.seed, not args.quiet, only=only, spec=spec)
     print(f"world written to {args.out} in {time.perf_counter() - started:.0f}s")
     for name, record in manifest.models.items():
         print(f"  {name:16s} {record.parameters:>9,d} params  {record.sft_steps:4d} steps  "
