@@ -18,6 +18,10 @@ Jobs run in priority order; with `--deadline-min` a job not started by then is s
 listed as cut in the results. Writes results.json, results.md and PNGs (see
 `distill_quality_report`) under --out (default benchmarks/results/distill_quality/; quick runs
 add `_quick`), and the per-run folders under --runs.
+
+The `long` setting (issue 8's long-answer world: 12-digit addition, ~2.9x longer answers) is
+opt-in (`--settings long`): its teacher and student live in worlds/long/ (see
+`student_trainer.world.build.long_spec`), and it gets its own teacher service.
 """
 
 from __future__ import annotations
@@ -41,6 +45,14 @@ from student_trainer.local_teacher import LocalTeacher  # noqa: E402
 BENCH_CONFIGS = REPO_ROOT / "configs" / "bench"
 DEFAULT_SETTING = "default"
 SETTINGS = ("default", "lr3e-4", "matched", "hard", "lr3e-5")
+OPT_IN_SETTINGS = ("long", "long-strong")  # run only when named in --settings
+LONG_WORLD = REPO_ROOT / "worlds" / "long"
+# Settings whose world is not the built-in one: (teacher folder, student folder).
+WORLDS = {
+    "long": (LONG_WORLD / "teacher", LONG_WORLD / "student"),
+    "long-strong": (LONG_WORLD / "teacher", LONG_WORLD / "student-strong"),
+}
+BUILTIN_TEACHER = "builtin:teacher"
 SEEDS = (0, 1, 2)
 SERIES = (
     "eval/accuracy",
@@ -101,7 +113,12 @@ QUICK = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="1 seed, 4 steps, few methods (~2 min)")
-    p.add_argument("--settings", nargs="+", choices=SETTINGS, help="default: all five")
+    p.add_argument(
+        "--settings",
+        nargs="+",
+        choices=[*SETTINGS, *OPT_IN_SETTINGS],
+        help="default: all five (not the long ones)",
+    )
     p.add_argument("--methods", nargs="+", choices=[*METHODS, "best"], help="default: the plan")
     p.add_argument("--seeds", nargs="+", type=int, help=f"default: {list(SEEDS)}")
     p.add_argument("--baseline", choices=BASELINES, help="best baseline for the other settings")
@@ -134,13 +151,26 @@ def plan(args: argparse.Namespace) -> tuple[list[tuple[str, str]], list[tuple[st
     return [c for c in first if c[1] != "best"], second
 
 
-def start_teacher(log_path: Path) -> LocalTeacher:
-    """The one teacher service all jobs share (the demo's pattern), ready to answer."""
+def teacher_model(setting: str) -> str:
+    """The teacher a setting distills from: its own world's, else the built-in one."""
+    if setting in WORLDS:
+        folder = WORLDS[setting][0]
+        if not folder.is_dir():
+            raise SystemExit(
+                f"{folder} is missing; build it with `.venv/bin/python -m student_trainer.world "
+                f"--recipe long --out {folder.parent}`"
+            )
+        return str(folder)
+    return BUILTIN_TEACHER
+
+
+def start_teacher(log_path: Path, model: str = BUILTIN_TEACHER) -> LocalTeacher:
+    """A teacher service the jobs of its world share (the demo's pattern), ready to answer."""
     from student_trainer.local_teacher import start_local_teacher
     from student_trainer.setup import resolve_model_path, wait_for_teacher
     from teacher.client import TeacherClient
 
-    teacher = start_local_teacher(resolve_model_path("builtin:teacher"), log_path)
+    teacher = start_local_teacher(resolve_model_path(model), log_path)
     try:
         with TeacherClient(teacher.target) as client:
             wait_for_teacher(client, 120)
@@ -233,7 +263,10 @@ def _jobs(cells: list[tuple[str, str]], args: argparse.Namespace, ctx: dict) -> 
         for seed in seeds:
             run_dir = ctx["runs"] / setting / method / f"seed{seed}"
             overrides = [*METHODS[method], *extra, f"train.seed={seed}"]
-            overrides += [f"teacher.target={ctx['target']}", f"train.run_dir={run_dir}"]
+            if setting in WORLDS:
+                overrides += [f"student.path={WORLDS[setting][1]}"]
+            target = ctx["targets"][teacher_model(setting)]
+            overrides += [f"teacher.target={target}", f"train.run_dir={run_dir}"]
             overrides += [f"name={setting}-{method}-s{seed}"]
             jobs.append(
                 {
@@ -292,11 +325,27 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     deadline = t0 + 60 * args.deadline_min if args.deadline_min else None
     first, second = plan(args)
-    teacher = start_teacher(runs / "teacher.log")
-    target = teacher.target
-    print(f"teacher service on {target}; runs in {runs}", flush=True)
-    ctx = {"runs": runs, "target": target, "deadline": deadline}
+    models = sorted({teacher_model(s) for s, _ in [*first, *second]})
+    teachers: dict[str, LocalTeacher] = {}
+    try:
+        for model in models:
+            log_name = (
+                "teacher.log"
+                if model == BUILTIN_TEACHER
+                else f"teacher-{Path(model).parent.name}.log"
+            )
+            teachers[model] = start_teacher(runs / log_name, model)
+            print(
+                f"teacher service {model} on {teachers[model].target}; runs in {runs}", flush=True
+            )
+    except BaseException:
+        for teacher in teachers.values():
+            teacher.stop(timeout_s=30)
+        raise
+    targets = {model: teacher.target for model, teacher in teachers.items()}
+    ctx = {"runs": runs, "targets": targets, "deadline": deadline}
     records: list[dict[str, Any]] = []
+    baseline = args.baseline
     try:
         with mp.get_context("spawn").Pool(args.workers, initializer=_worker_init) as pool:
             records += pool.map(run_job, _jobs(first, args, ctx), chunksize=1)
@@ -307,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
             second = [c for c in second if c not in first]
             records += pool.map(run_job, _jobs(second, args, ctx), chunksize=1)
     finally:
-        teacher.stop(timeout_s=30)
+        for teacher in teachers.values():
+            teacher.stop(timeout_s=30)
     meta = {
         "quick": args.quick,
         "wall_s": time.time() - t0,

@@ -77,3 +77,29 @@ def test_from_runs_rebuilds_the_report(tmp_path: Path) -> None:
     assert cell["final"] == [0.2, 0.0] and cell["best"] == [0.5, 0.0]
     assert cell["grad_norm_mean"] == 2.5 and cell["collapsed"] == 1  # 0.2 < half of 0.5
     assert math.isclose(cell["start"][0], 0.5)
+
+
+def test_long_settings_use_the_long_world() -> None:
+    """`--settings long long-strong` distill the long world's students from its own teacher."""
+    sys.path.insert(0, str(BENCHMARK.parent))
+    import distill_quality as dq
+    from student_trainer.config import load_config
+    from student_trainer.world import load_manifest
+
+    args = dq.parse_args(["--settings", "long", "long-strong", "--methods", "opd", "--seeds", "0"])
+    first, second = dq.plan(args)
+    assert first == [] and second == [("long", "opd"), ("long-strong", "opd")]
+    teacher = dq.teacher_model("long")
+    assert teacher == dq.teacher_model("long-strong") == str(dq.LONG_WORLD / "teacher")
+    assert dq.teacher_model("default") == "builtin:teacher"
+    ctx = {"runs": Path("runs"), "targets": {teacher: "127.0.0.1:1"}, "deadline": None}
+    jobs = dq._jobs(second, args, ctx)
+    for job, student in zip(jobs, ("student", "student-strong"), strict=True):
+        assert f"student.path={dq.LONG_WORLD / student}" in job["overrides"]
+        assert "teacher.target=127.0.0.1:1" in job["overrides"]
+        cfg = load_config(job["config"], job["overrides"])
+        assert cfg.task.options == {"digits": 12}
+        assert cfg.student.path == str(dq.LONG_WORLD / student)
+    manifest = load_manifest(dq.LONG_WORLD)
+    assert manifest.task.config.digits == 12 and manifest.task.max_new_tokens == 122
+    assert sorted(manifest.models) == ["student", "student-strong", "teacher"]
