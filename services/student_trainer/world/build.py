@@ -101,6 +101,14 @@ def _student(description: str, steps: int, style_mix: dict[str, float]) -> Model
     )
 
 
+def _teacher(description: str, steps: int) -> ModelSpec:
+    """Every teacher is 4 x 128 at lr 1e-3, SFT in the teacher style only."""
+    return ModelSpec(
+        description=description, n_layer=4, n_embd=128, steps=steps, lr=1e-3,
+        style_mix={"teacher": 1.0},
+    )  # fmt: skip
+
+
 def default_spec(digits: int = 4, seed: int = 0) -> WorldSpec:
     """The committed world's recipe. Step counts were calibrated for 4 digits and seed 0.
 
@@ -111,10 +119,7 @@ def default_spec(digits: int = 4, seed: int = 0) -> WorldSpec:
     built models' own numbers are in world.json (student 52%, matched 57%, strong 88%, hard
     56%). Another seed or digit count moves these: calibrate before relying on it.
     """
-    teacher = ModelSpec(
-        description="4 x 128 teacher, SFT in the teacher style only",
-        n_layer=4, n_embd=128, steps=500, lr=1e-3, style_mix={"teacher": 1.0},
-    )
+    teacher = _teacher("4 x 128 teacher, SFT in the teacher style only", 500)
     return WorldSpec(
         task=AdditionConfig(digits=digits),
         seed=seed,
@@ -156,10 +161,7 @@ def long_spec(digits: int = LONG_DIGITS, seed: int = 0) -> WorldSpec:
     nothing lands in 40-65%; the closest are `student` (1010, 66%) and `student-strong` (1060,
     91%). Another seed, digit count or torch version moves these: calibrate before relying on it.
     """
-    teacher = ModelSpec(
-        description=f"4 x 128 teacher, SFT in the teacher style only, {digits} digits",
-        n_layer=4, n_embd=128, steps=1000, lr=1e-3, style_mix={"teacher": 1.0},
-    )
+    teacher = _teacher(f"4 x 128 teacher, SFT in the teacher style only, {digits} digits", 1000)
     return WorldSpec(
         task=AdditionConfig(digits=digits),
         seed=seed,
