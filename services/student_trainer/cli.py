@@ -131,13 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(fn=_cmd_generate_drafts)
 
+    # Its own parser reads the rest of the line (see main): `tropd-train build-world --help`.
     p = sub.add_parser(
         "build-world", help="regenerate the built-in world (teacher + students)", add_help=False
     )
-    p.add_argument(
-        "world_args", nargs=argparse.REMAINDER, help="see `tropd-train build-world --help`"
-    )
-    p.set_defaults(fn=_cmd_build_world)
+    p.set_defaults(fn=_cmd_build_world, world_args=[])
 
     p = sub.add_parser("demo", help="teacher service + OPD vs TrOPD on the built-in world (CPU)")
     from student_trainer.demo import add_demo_args
@@ -148,7 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.fn is _cmd_build_world:
+        args.world_args = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

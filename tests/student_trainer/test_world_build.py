@@ -124,3 +124,33 @@ def test_cli_long_recipe_builds_the_long_spec(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(build_module, "build_world", fake_build)
     assert main(["--recipe", "long", "--out", str(tmp_path), "--only", "teacher", "--quiet"]) == 0
     assert seen == {"out": tmp_path, "spec": long_spec(), "only": ["teacher"]}
+
+
+def test_trainer_cli_forwards_build_world_options(capsys: pytest.CaptureFixture[str]) -> None:
+    """`tropd-train build-world ...` hands every option (and --help) to the world builder."""
+    from student_trainer.cli import main as trainer_main
+
+    with pytest.raises(SystemExit) as info:
+        trainer_main(["build-world", "--help"])
+    assert info.value.code == 0
+    assert "--recipe" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--only", "nope"], "--only: unknown models ['nope']"),
+        (["--digits", "0"], "greater than or equal to 1"),
+        (["--recipe", "tiny"], "invalid choice"),
+    ],
+)
+def test_bad_build_options_exit_2_before_training(
+    args: list[str], words: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from student_trainer.cli import main as trainer_main
+
+    with pytest.raises(SystemExit) as info:
+        trainer_main(["build-world", "--out", str(tmp_path / "w"), *args])
+    assert info.value.code == 2
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()  # nothing was built

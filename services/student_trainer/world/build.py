@@ -350,12 +350,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     only = None if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
     started = time.perf_counter()
-    if args.recipe == "long":
-        spec = long_spec(args.digits or LONG_DIGITS, args.seed)
-        args.out = args.out or LONG_WORLD_DIR
-    else:
-        spec = default_spec(args.digits or 4, args.seed)
-        args.out = args.out or builtin_world_dir()
+    try:  # bad options fail here, before any training (exit 2 with the reason)
+        if args.recipe == "long":
+            spec = long_spec(LONG_DIGITS if args.digits is None else args.digits, args.seed)
+            args.out = args.out or LONG_WORLD_DIR
+        else:
+            spec = default_spec(4 if args.digits is None else args.digits, args.seed)
+            args.out = args.out or builtin_world_dir()
+    except ValueError as exc:
+        parser.error(str(exc))
+    unknown = sorted(set(only or ()) - set(spec.models))
+    if unknown:
+        parser.error(f"--only: unknown models {unknown}; the {args.recipe} recipe has "
+                     f"{sorted(spec.models)}")
     manifest = build_world(args.out, args.seed, not args.quiet, only=only, spec=spec)
     print(f"world written to {args.out} in {time.perf_counter() - started:.0f}s")
     for name, record in manifest.models.items():
