@@ -23,15 +23,16 @@ from pathlib import Path
 import torch
 from student_trainer.losses.outlier_weights import earlier_sum
 from student_trainer.rollout import sample_completions
+from student_trainer.tasks.base import Task
 from student_trainer.world import world_task
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
 def world_rows(
-    world: Path, student_dir: Path, batches: int, temperature: float, c: float, s0: float, seed: int
+    world: Path, task: Task, student_dir: Path, batches: int, temperature: float, c: float,
+    s0: float, seed: int,
 ) -> list[tuple[str, float, float, float, int]]:
     """[(third, outlier share, mean w on outliers, share of outlier mass with w < 0.1, tokens)]."""
-    task = world_task(world)
     tokenizer = AutoTokenizer.from_pretrained(world / "student")
     student = AutoModelForCausalLM.from_pretrained(student_dir).eval()
     teacher = AutoModelForCausalLM.from_pretrained(world / "teacher").eval()
@@ -77,23 +78,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--s0", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    plan = []
+    for entry in args.worlds:  # check every argument before the first (slow) world
+        world_arg, _, student_arg = entry.partition("=")
+        world = Path(world_arg)
+        student = Path(student_arg) if student_arg else world / "student"
+        if not (world / "world.json").is_file():
+            p.error(f"{world}: not a world folder (no world.json)")
+        if not (student / "config.json").is_file():
+            p.error(f"{student}: not a model folder (no config.json)")
+        label = world.name if not student_arg else f"{world.name} ({student})"
+        plan.append((world, student, label))
     torch.set_num_threads(1)
     print(
         "| world (student) | answer tokens | position | outlier share | mean w_t on outliers "
         "| outlier mass with w_t < 0.1 | tokens |"
     )
     print("|---|---|---|---|---|---|---|")
-    for entry in args.worlds:
-        world_arg, _, student_arg = entry.partition("=")
-        world = Path(world_arg)
-        student = Path(student_arg) if student_arg else world / "student"
-        label = world.name if not student_arg else f"{world.name} ({student})"
-        length = world_task(world).max_new_tokens
+    for world, student, label in plan:
+        task = world_task(world)
         for name, share, w, low, n in world_rows(
-            world, student, args.batches, args.temperature, args.c, args.s0, args.seed
+            world, task, student, args.batches, args.temperature, args.c, args.s0, args.seed
         ):
             print(
-                f"| {label} | {length} | {name} | {share:.3f} | {w:.3f} | {low:.3f} | {n} |",
+                f"| {label} | {task.max_new_tokens} | {name} | {share:.3f} | {w:.3f} | {low:.3f} "
+                f"| {n} |",
                 flush=True,
             )
     return 0
