@@ -330,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the ~8B run if the checks so far took longer [300]",
     )
     args = parser.parse_args(argv)
+    if not args.smoke and not torch.cuda.is_available():
+        parser.error("no CUDA device here: run it on a CUDA host, or pass --smoke (CPU rehearsal)")
     from teacher.tiny_models import build_tiny_model
     from teacher_throughput import ClientProcess
 
