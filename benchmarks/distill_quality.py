@@ -40,7 +40,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the report module beside this one
 
 from distill_quality_report import write_report  # noqa: E402
-from student_trainer.local_teacher import LocalTeacher  # noqa: E402
+
+from tropd.trainer.local_teacher import LocalTeacher  # noqa: E402
 
 BENCH_CONFIGS = REPO_ROOT / "configs" / "bench"
 DEFAULT_SETTING = "default"
@@ -166,9 +167,9 @@ def teacher_model(setting: str) -> str:
 
 def start_teacher(log_path: Path, model: str = BUILTIN_TEACHER) -> LocalTeacher:
     """A teacher service the jobs of its world share (the demo's pattern), ready to answer."""
-    from student_trainer.local_teacher import start_local_teacher
-    from student_trainer.setup import resolve_model_path, wait_for_teacher
-    from teacher.client import TeacherClient
+    from tropd.teacher.client import TeacherClient
+    from tropd.trainer.local_teacher import start_local_teacher
+    from tropd.trainer.setup import resolve_model_path, wait_for_teacher
 
     teacher = start_local_teacher(resolve_model_path(model), log_path)
     try:
@@ -187,8 +188,8 @@ def _worker_init() -> None:
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """One training run in a worker; returns the series the report needs (never raises)."""
-    from student_trainer.config import load_config
-    from student_trainer.loop import train
+    from tropd.trainer.config import load_config
+    from tropd.trainer.loop import train
 
     base = {k: job[k] for k in ("setting", "method", "seed")}
     if job["deadline"] is not None and time.time() > job["deadline"]:
@@ -212,7 +213,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
 def read_series(run_dir: Path) -> dict[str, list[list[float]]]:
     """The [[step, value], ...] series the report uses, from a run's metrics.jsonl."""
-    from student_trainer.run_log import read_metrics
+    from tropd.trainer.run_log import read_metrics
 
     series: dict[str, list[list[float]]] = {k: [] for k in SERIES}
     path = run_dir / "metrics.jsonl"

@@ -132,8 +132,9 @@ def _verdict(dtype: str, stats: dict[str, float]) -> bool:
 def _world_teacher_sequences(model_dir: Path, n: int) -> tuple[list[np.ndarray], int]:
     """Prompt + a reference answer in the student's habit style: mostly tokens the trained
     teacher is sure of, plus the separators it would not write (confident disagreement)."""
-    from student_trainer.tasks.addition import STYLES, AdditionConfig, AdditionTask
     from transformers import AutoTokenizer
+
+    from tropd.trainer.tasks.addition import STYLES, AdditionConfig, AdditionTask
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     task = AdditionTask(AdditionConfig(digits=4))
@@ -152,8 +153,8 @@ def _random_sequences(vocab: int, n: int, lengths: tuple[int, ...]) -> list[np.n
 
 
 def check_precision(models: dict[str, tuple[Path, list[np.ndarray], int]], device: str) -> dict:
-    from teacher.backends import load_backend
-    from teacher.backends.base import ScoreTask
+    from tropd.teacher.backends import load_backend
+    from tropd.teacher.backends.base import ScoreTask
 
     results: dict[str, Any] = {}
     for name, (model_dir, seqs, start) in models.items():
@@ -174,11 +175,11 @@ def check_precision(models: dict[str, tuple[Path, list[np.ndarray], int]], devic
 
 def check_service_bf16(model_dir: Path, device: str) -> dict[str, float]:
     """bf16 through the real gRPC server: equal to in-process, and what batch mixing moves."""
-    from teacher.backends import load_backend
-    from teacher.backends.base import ScoreTask
-    from teacher.client import TeacherClient
-    from teacher.config import ServerConfig
-    from teacher.server import start_server
+    from tropd.teacher.backends import load_backend
+    from tropd.teacher.backends.base import ScoreTask
+    from tropd.teacher.client import TeacherClient
+    from tropd.teacher.config import ServerConfig
+    from tropd.teacher.server import start_server
 
     backend = load_backend("hf", model_path=str(model_dir), device=device, dtype="bfloat16")
     backend.warmup()
@@ -207,8 +208,9 @@ def check_service_bf16(model_dir: Path, device: str) -> dict[str, float]:
 
 def build_random_llama(out: Path, size: str, device: str) -> Path:
     """Random bf16 weights of a Llama layout, initialised on the device, saved as a folder."""
-    from teacher.tiny_models import build_tokenizer
     from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from tropd.teacher.tiny_models import build_tokenizer
 
     sizes = LLAMA_SIZES[size]
     config = LlamaConfig(**sizes, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
@@ -224,9 +226,10 @@ def build_random_llama(out: Path, size: str, device: str) -> Path:
 
 def check_throughput(model_dir: Path, device: str, seq_len: int, num_seqs: int,
                      budget_tokens: int, clients: Any) -> dict[str, Any]:  # fmt: skip
-    from teacher.backends import load_backend
-    from teacher.server import start_server
     from teacher_throughput import Scenario, run_inprocess, server_config
+
+    from tropd.teacher.backends import load_backend
+    from tropd.teacher.server import start_server
 
     t0 = time.perf_counter()
     backend = load_backend("hf", model_path=str(model_dir), device=device, dtype="bfloat16")
@@ -266,12 +269,13 @@ def check_throughput(model_dir: Path, device: str, seq_len: int, num_seqs: int,
 
 def check_trainer(device: str, workdir: Path, steps: int) -> dict[str, Any]:
     from safetensors.torch import load_file
-    from student_trainer.config import load_config
-    from student_trainer.loop import train
-    from student_trainer.run_log import read_metrics
-    from student_trainer.setup import resolve_model_path
-    from teacher.config import ServerConfig
-    from teacher.server import start_server
+
+    from tropd.teacher.config import ServerConfig
+    from tropd.teacher.server import start_server
+    from tropd.trainer.config import load_config
+    from tropd.trainer.loop import train
+    from tropd.trainer.run_log import read_metrics
+    from tropd.trainer.setup import resolve_model_path
 
     teacher_dir = resolve_model_path("builtin:teacher")
     config = ServerConfig(model=str(teacher_dir), device=device, host="127.0.0.1", port=0,
@@ -332,8 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.smoke and not torch.cuda.is_available():
         parser.error("no CUDA device here: run it on a CUDA host, or pass --smoke (CPU rehearsal)")
-    from teacher.tiny_models import build_tiny_model
     from teacher_throughput import ClientProcess
+
+    from tropd.teacher.tiny_models import build_tiny_model
 
     device = "cpu" if args.smoke else "cuda"
     started = time.perf_counter()

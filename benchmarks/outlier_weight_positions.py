@@ -21,11 +21,12 @@ import sys
 from pathlib import Path
 
 import torch
-from student_trainer.losses.outlier_weights import earlier_sum
-from student_trainer.rollout import sample_completions
-from student_trainer.tasks.base import Task
-from student_trainer.world import world_task
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tropd.trainer.losses.outlier_weights import earlier_sum
+from tropd.trainer.rollout import sample_completions
+from tropd.trainer.tasks.base import Task
+from tropd.trainer.world import world_task
 
 
 def world_rows(

@@ -40,9 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from student_trainer.local_teacher import LocalTeacher, start_local_teacher
-from student_trainer.setup import resolve_model_path, wait_for_teacher
-from teacher.client import TeacherClient
+
+from tropd.teacher.client import TeacherClient
+from tropd.trainer.local_teacher import LocalTeacher, start_local_teacher
+from tropd.trainer.setup import resolve_model_path, wait_for_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -74,7 +75,7 @@ def _start_trainer(
     # greedy trains "forever" and is stopped when the light jobs finish.
     steps = 100_000 if name == "greedy" else args.steps
     cmd = [
-        sys.executable, "-m", "student_trainer.cli", "run", "--config", "configs/demo.yaml",
+        sys.executable, "-m", "tropd.trainer.cli", "run", "--config", "configs/demo.yaml",
         f"name={name}", f"teacher.target={target}", f"teacher.token={token}",
         f"train.steps={steps}", "train.threads=1", f"train.run_dir={out / name}",
         "train.resume=false", "train.progress=false", "train.tensorboard=false",

@@ -34,14 +34,15 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
-from teacher.client import TeacherClient, build_score_request
-from tropd.teacher.v1 import teacher_pb2_grpc as pb_grpc
+
+from tropd.teacher.client import TeacherClient, build_score_request
+from tropd.wire.v1 import teacher_pb2_grpc as pb_grpc
 
 # Only light imports at module level: the client process (spawned) re-imports this module.
 # torch, transformers and the server are imported inside the functions that need them.
 if TYPE_CHECKING:
-    from teacher.backends.base import Backend
-    from teacher.config import ServerConfig
+    from tropd.teacher.backends.base import Backend
+    from tropd.teacher.config import ServerConfig
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -92,7 +93,7 @@ def scored_tokens(sc: Scenario) -> int:
 
 def run_inprocess(backend: Backend, sc: Scenario, seqs: list[np.ndarray], batch: int) -> float:
     """Seconds to score every sequence with `backend.score`, `batch` sequences per call."""
-    from teacher.backends.base import ScoreTask
+    from tropd.teacher.backends.base import ScoreTask
 
     tasks = [ScoreTask(ids, sc.start, sc.seq_len, top_k=sc.top_k) for ids in seqs]
     started = time.perf_counter()
@@ -166,7 +167,7 @@ def wire_bytes(target: str, sc: Scenario, seqs: list[np.ndarray]) -> dict[str, f
 
 
 def server_config(model_dir: Path, sc: Scenario, **overrides: Any) -> ServerConfig:
-    from teacher.config import ServerConfig
+    from tropd.teacher.config import ServerConfig
 
     values: dict[str, Any] = {
         "model": str(model_dir), "host": "127.0.0.1", "port": 0, "http_port": 0,
@@ -177,9 +178,9 @@ def server_config(model_dir: Path, sc: Scenario, **overrides: Any) -> ServerConf
 
 
 def run_scenario(sc: Scenario, workdir: Path, callers: ClientProcess) -> dict[str, object]:
-    from teacher.backends import load_backend
-    from teacher.server import start_server
-    from teacher.tiny_models import PRESETS, build_tiny_model
+    from tropd.teacher.backends import load_backend
+    from tropd.teacher.server import start_server
+    from tropd.teacher.tiny_models import PRESETS, build_tiny_model
 
     model_dir = build_tiny_model(workdir / sc.name, "llama", seed=0, **PRESETS[sc.preset])
     backend = load_backend("hf", model_path=str(model_dir), dtype="float32")

@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from teacher.tiny_models import build_tiny_model
+
+from tropd.teacher.tiny_models import build_tiny_model
 
 
 @pytest.fixture(scope="session")

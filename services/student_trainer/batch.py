@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from teacher.client import ScoredSequence
+
+from tropd.teacher.client import ScoredSequence
 
 
 @dataclass(frozen=True)

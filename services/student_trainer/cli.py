@@ -19,10 +19,10 @@ import logging
 import sys
 from dataclasses import asdict
 
-from student_trainer.config import dump_config, load_config
-from student_trainer.errors import TrainerError, TrainingAborted
+from tropd.trainer.config import dump_config, load_config
+from tropd.trainer.errors import TrainerError, TrainingAborted
 
-log = logging.getLogger("student_trainer")
+log = logging.getLogger("tropd.trainer")
 
 _OVERRIDES_HELP = "dotted overrides, e.g. loss.method=opd optim.lr=1e-4 train.steps=50"
 
@@ -33,7 +33,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from student_trainer.loop import train
+    from tropd.trainer.loop import train
 
     cfg = load_config(args.config, args.overrides)
     print(dump_config(cfg), file=sys.stderr)
@@ -48,8 +48,8 @@ def _cmd_print_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from student_trainer.evaluate import evaluate_student
-    from student_trainer.setup import load_student, task_from_config
+    from tropd.trainer.evaluate import evaluate_student
+    from tropd.trainer.setup import load_student, task_from_config
 
     cfg = load_config(args.config, [*args.overrides, f"student.path={args.model}"])
     model, tokenizer = load_student(cfg)
@@ -67,11 +67,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate_drafts(args: argparse.Namespace) -> int:
-    from teacher.client import TeacherClient
     from transformers import AutoTokenizer
 
-    from student_trainer.guidance import write_drafts
-    from student_trainer.setup import resolve_model_path, task_from_config, wait_for_teacher
+    from tropd.teacher.client import TeacherClient
+    from tropd.trainer.guidance import write_drafts
+    from tropd.trainer.setup import resolve_model_path, task_from_config, wait_for_teacher
 
     cfg = load_config(args.config, args.overrides)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.student.path))
@@ -92,13 +92,13 @@ def _cmd_generate_drafts(args: argparse.Namespace) -> int:
 
 
 def _cmd_build_world(args: argparse.Namespace) -> int:
-    from student_trainer.world import main as world_main
+    from tropd.trainer.world import main as world_main
 
     return int(world_main(args.world_args) or 0)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from student_trainer.demo import run_demo
+    from tropd.trainer.demo import run_demo
 
     return run_demo(args)
 
@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_build_world, world_args=[])
 
     p = sub.add_parser("demo", help="teacher service + OPD vs TrOPD on the built-in world (CPU)")
-    from student_trainer.demo import add_demo_args
+    from tropd.trainer.demo import add_demo_args
 
     add_demo_args(p)
     p.set_defaults(fn=_cmd_demo)

@@ -12,8 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from student_trainer.errors import ConfigError
-from student_trainer.losses.config import LossConfig
+from tropd.trainer.errors import ConfigError
+from tropd.trainer.losses.config import LossConfig
 
 
 class _Frozen(BaseModel):

@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from student_trainer.config import load_config
-from student_trainer.local_teacher import start_local_teacher
+from tropd.trainer.config import load_config
+from tropd.trainer.local_teacher import start_local_teacher
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
@@ -39,11 +39,11 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
 
 
 def _teacher_accuracy(target: str, cfg_path: str, overrides: list[str]) -> float:
-    from teacher.client import TeacherClient
     from transformers import AutoTokenizer
 
-    from student_trainer.evaluate import evaluate_teacher
-    from student_trainer.setup import resolve_model_path, task_from_config, wait_for_teacher
+    from tropd.teacher.client import TeacherClient
+    from tropd.trainer.evaluate import evaluate_teacher
+    from tropd.trainer.setup import resolve_model_path, task_from_config, wait_for_teacher
 
     cfg = load_config(cfg_path, overrides)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.student.path))
@@ -72,7 +72,7 @@ def _train_jobs(args: argparse.Namespace, target: str, out: Path) -> dict[str, d
         cmd = [
             sys.executable,
             "-m",
-            "student_trainer.cli",
+            "tropd.trainer.cli",
             "run",
             "--config",
             args.config,
@@ -93,7 +93,7 @@ def _train_jobs(args: argparse.Namespace, target: str, out: Path) -> dict[str, d
 
 
 def _grad_norms(run_dir: Path) -> list[float]:
-    from student_trainer.run_log import read_metrics
+    from tropd.trainer.run_log import read_metrics
 
     return [
         r["train/grad_norm"]
@@ -111,8 +111,8 @@ def _summary(values: list[float]) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from student_trainer.plots import plot_comparison
-    from student_trainer.setup import resolve_model_path
+    from tropd.trainer.plots import plot_comparison
+    from tropd.trainer.setup import resolve_model_path
 
     t0 = time.monotonic()
     out = Path(args.out)

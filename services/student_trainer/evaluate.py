@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
-from teacher.client import TeacherClient
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from student_trainer.rollout import sample_completions
-from student_trainer.tasks.base import Example, Task
+from tropd.teacher.client import TeacherClient
+from tropd.trainer.rollout import sample_completions
+from tropd.trainer.tasks.base import Example, Task
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from teacher.client import TeacherClient
 from transformers import PreTrainedTokenizerBase
 
-from student_trainer.errors import SetupError
-from student_trainer.evaluate import encode_prompts
-from student_trainer.tasks.base import Example
+from tropd.teacher.client import TeacherClient
+from tropd.trainer.errors import SetupError
+from tropd.trainer.evaluate import encode_prompts
+from tropd.trainer.tasks.base import Example
 
 
 class DraftFileError(SetupError):

@@ -44,7 +44,7 @@ def start_local_teacher(model: str, log_path: Path, extra_args: Sequence[str] = 
     """
     port, http_port = free_port(), free_port()
     cmd = [
-        sys.executable, "-m", "teacher.cli", "serve", "--model", model, "--host", "127.0.0.1",
+        sys.executable, "-m", "tropd.teacher.cli", "serve", "--model", model, "--host", "127.0.0.1",
         "--port", str(port), "--http-port", str(http_port), *extra_args,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

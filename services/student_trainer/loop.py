@@ -3,7 +3,7 @@ roll out the student, have the teacher grade every token, update, log, evaluate,
 
     tropd-train run --config configs/tropd.yaml [key.sub=value ...]
 
-Knows the teacher only through `teacher.client` (token ids in, numpy arrays out).
+Knows the teacher only through `tropd.teacher.client` (token ids in, numpy arrays out).
 """
 
 from __future__ import annotations
@@ -17,23 +17,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from teacher.client import TeacherClientError
 
-from student_trainer import steps
-from student_trainer.checkpoint import (
+from tropd.teacher.client import TeacherClientError
+from tropd.trainer import steps
+from tropd.trainer.checkpoint import (
     TrainState,
     find_latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
     step_dir_name,
 )
-from student_trainer.config import RunConfig, dump_config
-from student_trainer.errors import TrainingAborted
-from student_trainer.evaluate import evaluate_student
-from student_trainer.plots import plot_run
-from student_trainer.run_log import RunLogger
-from student_trainer.setup import Session, open_session
-from student_trainer.update import apply_update
+from tropd.trainer.config import RunConfig, dump_config
+from tropd.trainer.errors import TrainingAborted
+from tropd.trainer.evaluate import evaluate_student
+from tropd.trainer.plots import plot_run
+from tropd.trainer.run_log import RunLogger
+from tropd.trainer.setup import Session, open_session
+from tropd.trainer.update import apply_update
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from student_trainer.run_log import METRICS_FILE, read_metrics
+from tropd.trainer.run_log import METRICS_FILE, read_metrics
 
 logger = logging.getLogger(__name__)
 

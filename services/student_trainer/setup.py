@@ -16,8 +16,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import torch
-from teacher.client import TeacherClient, TeacherInfo, TeacherRpcError, tls_credentials
-from teacher.fingerprint import fingerprint_of
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -25,14 +23,16 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from student_trainer.config import RunConfig, TaskConfig
-from student_trainer.errors import SetupError
-from student_trainer.guidance import load_drafts
-from student_trainer.losses import needs_teacher_entropy, needs_topk
-from student_trainer.status_server import StatusServer, TrainerStatus
-from student_trainer.tasks import TaskError, load_task
-from student_trainer.tasks.base import Example, Task
-from student_trainer.world import builtin_world_dir
+from tropd.teacher.client import TeacherClient, TeacherInfo, TeacherRpcError, tls_credentials
+from tropd.teacher.fingerprint import fingerprint_of
+from tropd.trainer.config import RunConfig, TaskConfig
+from tropd.trainer.errors import SetupError
+from tropd.trainer.guidance import load_drafts
+from tropd.trainer.losses import needs_teacher_entropy, needs_topk
+from tropd.trainer.status_server import StatusServer, TrainerStatus
+from tropd.trainer.tasks import TaskError, load_task
+from tropd.trainer.tasks.base import Example, Task
+from tropd.trainer.world import builtin_world_dir
 
 log = logging.getLogger(__name__)
 

@@ -9,18 +9,18 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from teacher.client import ScoredSequence
 from tqdm import tqdm
 
-from student_trainer.batch import TrainSequence
-from student_trainer.config import RunConfig
-from student_trainer.evaluate import decode_text, encode_prompts
-from student_trainer.guidance import drafts_for, strip_eos, teacher_drafts
-from student_trainer.losses import guidance_prefix_len, needs_teacher_entropy, needs_topk
-from student_trainer.rollout import sample_completions
-from student_trainer.setup import Session
-from student_trainer.tasks.base import Example
-from student_trainer.update import UpdateResult
+from tropd.teacher.client import ScoredSequence
+from tropd.trainer.batch import TrainSequence
+from tropd.trainer.config import RunConfig
+from tropd.trainer.evaluate import decode_text, encode_prompts
+from tropd.trainer.guidance import drafts_for, strip_eos, teacher_drafts
+from tropd.trainer.losses import guidance_prefix_len, needs_teacher_entropy, needs_topk
+from tropd.trainer.rollout import sample_completions
+from tropd.trainer.setup import Session
+from tropd.trainer.tasks.base import Example
+from tropd.trainer.update import UpdateResult
 
 
 @dataclass

@@ -13,13 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from teacher.client import ScoredSequence
 from transformers import PreTrainedModel
 
-from student_trainer.alignment import gather_positions, response_index
-from student_trainer.batch import MicroBatch, TrainSequence, collate
-from student_trainer.config import OptimConfig
-from student_trainer.losses import (
+from tropd.teacher.client import ScoredSequence
+from tropd.trainer.alignment import gather_positions, response_index
+from tropd.trainer.batch import MicroBatch, TrainSequence, collate
+from tropd.trainer.config import OptimConfig
+from tropd.trainer.losses import (
     LOSSES,
     LossConfig,
     LossInputs,

@@ -2,7 +2,7 @@
 
 Knows nothing about gRPC or HTTP: both sides hand `Authenticator.authenticate` the raw value of
 their `authorization` header/metadata and get a `Job` back, or a typed error (`Unauthenticated`,
-`PermissionDenied` from `teacher.errors`) that each side maps to its own status code:
+`PermissionDenied` from `tropd.teacher.errors`) that each side maps to its own status code:
 
     job = state.auth.authenticate(request.headers.get("authorization"))   # HTTP side
     state.auth.authorize(job, "generate")                                  # PermissionDenied
@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 import yaml
 
-from teacher.errors import PermissionDenied, Unauthenticated
+from tropd.teacher.errors import PermissionDenied, Unauthenticated
 
 log = logging.getLogger(__name__)
 

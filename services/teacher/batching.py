@@ -24,7 +24,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Literal
 
-from teacher.backends.base import GenerateTask, ScoreTask
+from tropd.teacher.backends.base import GenerateTask, ScoreTask
 
 Kind = Literal["score", "generate"]
 KINDS: tuple[Kind, ...] = ("score", "generate")

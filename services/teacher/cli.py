@@ -27,9 +27,14 @@ from typing import Any
 
 import grpc
 
-from teacher.auth import TokensFileError
-from teacher.client import TeacherClient, TeacherClientError, TeacherRpcError, TokenizerMismatch
-from teacher.config import ConfigError, ServerConfig, env_name, load_config
+from tropd.teacher.auth import TokensFileError
+from tropd.teacher.client import (
+    TeacherClient,
+    TeacherClientError,
+    TeacherRpcError,
+    TokenizerMismatch,
+)
+from tropd.teacher.config import ConfigError, ServerConfig, env_name, load_config
 
 _BAD_INPUT = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
 
@@ -98,7 +103,7 @@ def _add_tls(p: argparse.ArgumentParser) -> None:
 
 def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
     """TLS channel credentials from the --tls-* files, or None for plaintext."""
-    from teacher.client import tls_credentials
+    from tropd.teacher.client import tls_credentials
 
     try:
         return tls_credentials(args.tls_ca_file, args.tls_cert_file, args.tls_key_file)
@@ -123,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from teacher.server import serve_until_signal  # the server stack, only when serving
+    from tropd.teacher.server import serve_until_signal  # the server stack, only when serving
 
     config = load_config({name: getattr(args, name) for name in ServerConfig.model_fields})
     logging.basicConfig(
@@ -222,7 +227,7 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from teacher.fingerprint import fingerprint_of
+    from tropd.teacher.fingerprint import fingerprint_of
 
     tokenizer = _tokenizer(args.tokenizer)
     if args.text is not None and tokenizer is None:
@@ -258,7 +263,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_build_tiny(args: argparse.Namespace) -> int:
-    from teacher.tiny_models import build_tiny_cli
+    from tropd.teacher.tiny_models import build_tiny_cli
 
     print(build_tiny_cli(args.out, args.arch, args.preset, args.seed))
     return 0

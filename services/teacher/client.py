@@ -1,7 +1,7 @@
 """Python client of the teacher service: token ids in, numpy arrays out.
 
-Light on purpose: grpc, numpy, the generated stubs, `teacher.wire` and `teacher.fingerprint`
-only (no torch, no transformers), so a student job or a notebook can import it anywhere.
+Light on purpose: grpc, numpy, `tropd.wire` and `tropd.teacher.fingerprint` only (no torch, no
+transformers), so a student job or a notebook can import it anywhere.
 
     client = TeacherClient("localhost:50051")           # or TeacherClient.from_env()
     client.check_tokenizer(my_fingerprint)               # TokenizerMismatch if they differ
@@ -21,10 +21,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
-from tropd.teacher.v1 import teacher_pb2 as pb
-from tropd.teacher.v1 import teacher_pb2_grpc as pb_grpc
 
-from teacher.client_codec import (
+from tropd.teacher.client_codec import (
     EXTRAS,
     Capabilities,
     ClientBase,
@@ -47,7 +45,9 @@ from teacher.client_codec import (
     parse_info,
     parse_score,
 )
-from teacher.fingerprint import TokenizerFingerprint
+from tropd.teacher.fingerprint import TokenizerFingerprint
+from tropd.wire.v1 import teacher_pb2 as pb
+from tropd.wire.v1 import teacher_pb2_grpc as pb_grpc
 
 __all__ = [
     "EXTRAS",
@@ -129,7 +129,7 @@ class TeacherClient(ClientBase):
         """Verify the teacher uses `fingerprint`'s tokenizer; later responses are checked too.
 
         Args:
-            fingerprint: the student's tokenizer fingerprint (`teacher.fingerprint`).
+            fingerprint: the student's tokenizer fingerprint (`tropd.teacher.fingerprint`).
         Returns:
             The teacher's info.
         Raises:

@@ -1,7 +1,7 @@
-"""Light building blocks of `teacher.client`: result types, errors, request/response codecs.
+"""Light building blocks of `tropd.teacher.client`: result types, errors, request/response codecs.
 
-Pure functions and frozen dataclasses over the generated stubs and `teacher.wire` (numpy and grpc
-only; no torch, no transformers). The blocking and asyncio clients in `teacher.client` share
+Pure functions and frozen dataclasses over `tropd.wire` (numpy and grpc only; no torch, no
+transformers). The blocking and asyncio clients in `tropd.teacher.client` share
 them, so both speak exactly the same wire format and retry policy.
 """
 
@@ -15,10 +15,10 @@ from typing import Any
 
 import grpc
 import numpy as np
-from tropd.teacher.v1 import teacher_pb2 as pb
 
-from teacher import wire
-from teacher.fingerprint import TokenizerFingerprint
+from tropd.teacher.fingerprint import TokenizerFingerprint
+from tropd.wire import codec as wire
+from tropd.wire.v1 import teacher_pb2 as pb
 
 RETRY_AFTER_KEY = "retry-after-ms"  # trailing metadata set by the server (teacher.errors)
 EXTRAS = ("logsumexp", "entropy", "rank")

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from teacher.backends import BACKENDS
+from tropd.teacher.backends import BACKENDS
 
 ENV_PREFIX = "TEACHER_"
 

@@ -16,10 +16,10 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from teacher.errors import TeacherError
-from teacher.metrics import CONTENT_TYPE
-from teacher.state import ServerState
-from teacher.tgi_api import tgi_router
+from tropd.teacher.errors import TeacherError
+from tropd.teacher.metrics import CONTENT_TYPE
+from tropd.teacher.state import ServerState
+from tropd.teacher.tgi_api import tgi_router
 
 
 def build_app(state: ServerState) -> FastAPI:

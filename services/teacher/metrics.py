@@ -23,7 +23,7 @@ from prometheus_client import (
 )
 
 if TYPE_CHECKING:
-    from teacher.scheduler import Served
+    from tropd.teacher.scheduler import Served
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

@@ -24,10 +24,16 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from teacher.auth import ANONYMOUS, Job
-from teacher.backends.base import Backend, GenerateOutput, GenerateTask, ScoreOutput, ScoreTask
-from teacher.batching import BatchPlanner, Kind, WorkItem, padded_tokens
-from teacher.errors import (
+from tropd.teacher.auth import ANONYMOUS, Job
+from tropd.teacher.backends.base import (
+    Backend,
+    GenerateOutput,
+    GenerateTask,
+    ScoreOutput,
+    ScoreTask,
+)
+from tropd.teacher.batching import BatchPlanner, Kind, WorkItem, padded_tokens
+from tropd.teacher.errors import (
     Cancelled,
     DeadlineExceeded,
     Internal,

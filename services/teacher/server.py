@@ -27,17 +27,17 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from tropd.teacher.v1 import teacher_pb2 as pb
-from tropd.teacher.v1 import teacher_pb2_grpc as pb_grpc
 
-from teacher.auth import Authenticator
-from teacher.backends.base import Backend
-from teacher.config import ServerConfig
-from teacher.http_app import start_http
-from teacher.metrics import TeacherMetrics
-from teacher.scheduler import MonotonicClock, Scheduler, SchedulerConfig
-from teacher.servicer import TeacherServicer
-from teacher.state import ServerState
+from tropd.teacher.auth import Authenticator
+from tropd.teacher.backends.base import Backend
+from tropd.teacher.config import ServerConfig
+from tropd.teacher.http_app import start_http
+from tropd.teacher.metrics import TeacherMetrics
+from tropd.teacher.scheduler import MonotonicClock, Scheduler, SchedulerConfig
+from tropd.teacher.servicer import TeacherServicer
+from tropd.teacher.state import ServerState
+from tropd.wire.v1 import teacher_pb2 as pb
+from tropd.wire.v1 import teacher_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
     import uvicorn
@@ -51,7 +51,7 @@ TOKENS_POLL_S = 2.0  # how often the tokens file's mtime/size/inode is checked f
 
 def _load_backend(config: ServerConfig) -> Backend:
     # Imported here: the registry pulls in torch/transformers only when a server starts.
-    from teacher.backends import load_backend
+    from tropd.teacher.backends import load_backend
 
     if config.backend == "tgi":
         return load_backend(

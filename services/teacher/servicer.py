@@ -1,7 +1,7 @@
 """The gRPC servicer: translation only, plus the one place errors become gRPC statuses.
 
 proto request -> `teacher.validation` -> `teacher.scheduler` -> backend outputs -> proto via
-`teacher.wire`. No model code and no queue logic live here. `_rpc` wraps every method: it
+`tropd.wire.codec`. No model code and no queue logic live here. `_rpc` wraps every method: it
 authenticates the call's `authorization: Bearer <token>` metadata into a `teacher.auth.Job` and
 checks the job may call the method, refuses work while loading or draining, maps any exception
 through `teacher.errors.to_status` (so nothing reaches a client as UNKNOWN) and counts the call
@@ -19,16 +19,16 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
-from tropd.teacher.v1 import teacher_pb2 as pb
-from tropd.teacher.v1 import teacher_pb2_grpc as pb_grpc
 
-from teacher import wire
-from teacher.auth import Job, Method
-from teacher.backends.base import GenerateOutput, ScoreOutput
-from teacher.errors import TeacherError, to_status
-from teacher.scheduler import Clock, RequestTiming, Scheduler
-from teacher.state import ServerState
-from teacher.validation import Limits, validate_generate, validate_score
+from tropd.teacher.auth import Job, Method
+from tropd.teacher.backends.base import GenerateOutput, ScoreOutput
+from tropd.teacher.errors import TeacherError, to_status
+from tropd.teacher.scheduler import Clock, RequestTiming, Scheduler
+from tropd.teacher.state import ServerState
+from tropd.teacher.validation import Limits, validate_generate, validate_score
+from tropd.wire import codec as wire
+from tropd.wire.v1 import teacher_pb2 as pb
+from tropd.wire.v1 import teacher_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 

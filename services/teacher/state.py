@@ -11,18 +11,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tropd.teacher.v1 import teacher_pb2 as pb
-
-import teacher
-from teacher.auth import Authenticator
-from teacher.backends.base import BackendInfo
-from teacher.config import ServerConfig
-from teacher.errors import Unavailable
-from teacher.metrics import TeacherMetrics
-from teacher.validation import Limits
+import tropd
+from tropd.teacher.auth import Authenticator
+from tropd.teacher.backends.base import BackendInfo
+from tropd.teacher.config import ServerConfig
+from tropd.teacher.errors import Unavailable
+from tropd.teacher.metrics import TeacherMetrics
+from tropd.teacher.validation import Limits
+from tropd.wire.v1 import teacher_pb2 as pb
 
 if TYPE_CHECKING:
-    from teacher.scheduler import Scheduler
+    from tropd.teacher.scheduler import Scheduler
 
 
 def limits_for(info: BackendInfo, config: ServerConfig) -> Limits:
@@ -159,6 +158,6 @@ class ServerState:
             max_candidates=limits.max_candidates,
             max_request_tokens=limits.max_request_tokens,
             capabilities=pb.Capabilities(**asdict(limits.capabilities)),
-            server_version=teacher.__version__,
+            server_version=tropd.__version__,
             max_new_tokens=limits.max_new_tokens,
         )

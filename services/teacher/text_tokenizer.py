@@ -16,7 +16,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from teacher.fingerprint import TokenizerFingerprint, compute_fingerprint
+from tropd.teacher.fingerprint import TokenizerFingerprint, compute_fingerprint
 
 
 class TokenizerFilesError(ValueError):

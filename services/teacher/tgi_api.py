@@ -30,12 +30,10 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from tropd.teacher.v1 import teacher_pb2 as pb
 
-import teacher
-from teacher import wire
-from teacher.auth import Job, Method
-from teacher.errors import (
+import tropd
+from tropd.teacher.auth import Job, Method
+from tropd.teacher.errors import (
     FailedPrecondition,
     InvalidArgument,
     PermissionDenied,
@@ -45,9 +43,11 @@ from teacher.errors import (
     Unavailable,
     Unimplemented,
 )
-from teacher.state import ServerState
-from teacher.text_tokenizer import TextTokenizer, TokenizerFilesError
-from teacher.validation import validate_generate, validate_score
+from tropd.teacher.state import ServerState
+from tropd.teacher.text_tokenizer import TextTokenizer, TokenizerFilesError
+from tropd.teacher.validation import validate_generate, validate_score
+from tropd.wire import codec as wire
+from tropd.wire.v1 import teacher_pb2 as pb
 
 DEFAULT_MAX_NEW_TOKENS = 100  # TGI's default
 
@@ -294,7 +294,7 @@ class _Translator:
             "validation_workers": 1,
             "max_client_batch_size": 1,
             "router": "tropd-teacher",
-            "version": teacher.__version__,
+            "version": tropd.__version__,
             "sha": None,
             "docker_label": None,
         }

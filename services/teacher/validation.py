@@ -1,6 +1,6 @@
 """Proto requests -> validated backend tasks, checked once, before anything is enqueued.
 
-Every check rejects (never truncates) with a typed error from `teacher.errors` whose message
+Every check rejects (never truncates) with a typed error from `tropd.teacher.errors` whose message
 names the item index, the field, the offending value and the limit. What passes satisfies the
 contract in `teacher.backends.base`: ids inside the vocabulary, 1 <= start < end <= len(ids),
 k and candidate counts within the caps, lengths within the model's maximum.
@@ -12,11 +12,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from tropd.teacher.v1 import teacher_pb2 as pb
 
-from teacher import wire
-from teacher.backends.base import Capabilities, GenerateTask, ScoreTask
-from teacher.errors import InvalidArgument, ResourceExhausted, Unimplemented
+from tropd.teacher.backends.base import Capabilities, GenerateTask, ScoreTask
+from tropd.teacher.errors import InvalidArgument, ResourceExhausted, Unimplemented
+from tropd.wire import codec as wire
+from tropd.wire.v1 import teacher_pb2 as pb
 
 # Log-prob dtypes a client may ask for; UNSPECIFIED means float32 (see the proto).
 _LOGPROB_DTYPES: dict[int, np.dtype] = {

@@ -83,8 +83,9 @@ def test_long_settings_use_the_long_world() -> None:
     """`--settings long long-strong` distill the long world's students from its own teacher."""
     sys.path.insert(0, str(BENCHMARK.parent))
     import distill_quality as dq
-    from student_trainer.config import load_config
-    from student_trainer.world import load_manifest
+
+    from tropd.trainer.config import load_config
+    from tropd.trainer.world import load_manifest
 
     args = dq.parse_args(["--settings", "long", "long-strong", "--methods", "opd", "--seeds", "0"])
     first, second = dq.plan(args)

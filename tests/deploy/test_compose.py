@@ -81,8 +81,8 @@ def test_default_profile_is_one_teacher_and_two_students(compose: dict[str, Any]
 
 
 def test_job_tokens_are_on_by_default_and_match_the_students(compose: dict[str, Any]) -> None:
-    from teacher.auth import Authenticator
-    from teacher.config import load_config
+    from tropd.teacher.auth import Authenticator
+    from tropd.teacher.config import load_config
 
     teacher = compose["services"]["teacher"]
     config = load_config(environ={k: str(v) for k, v in teacher["environment"].items()})
@@ -124,7 +124,7 @@ def test_tgi_and_observability_profiles(compose: dict[str, Any]) -> None:
 def test_tgi_teacher_takes_token_and_timeout_from_the_environment(
     compose: dict[str, Any],
 ) -> None:
-    from teacher.config import load_config
+    from tropd.teacher.config import load_config
 
     spec = compose["services"]["teacher-tgi"]
     config = load_config(environ={k: str(v) for k, v in spec["environment"].items()})
@@ -138,7 +138,7 @@ def test_tgi_teacher_takes_token_and_timeout_from_the_environment(
 
 @pytest.mark.parametrize("name", ["teacher", "teacher-gpu"])
 def test_teacher_environment_loads_in_the_server_config(compose: dict[str, Any], name: str) -> None:
-    from teacher.config import load_config
+    from tropd.teacher.config import load_config
 
     spec = compose["services"][name]
     env = {k: str(v) for k, v in spec["environment"].items()}
@@ -148,7 +148,7 @@ def test_teacher_environment_loads_in_the_server_config(compose: dict[str, Any],
 
 @pytest.mark.parametrize("name", ["student-a", "student-b"])
 def test_student_commands_load_in_the_trainer_config(compose: dict[str, Any], name: str) -> None:
-    config_module = pytest.importorskip("student_trainer.config")
+    config_module = pytest.importorskip("tropd.trainer.config")
     command = compose["services"][name]["command"]
     assert command[:4] == ["tropd-train", "run", "--config", command[3]]
     cfg = config_module.load_config(ROOT / command[3], command[4:])

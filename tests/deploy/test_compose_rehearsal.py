@@ -41,12 +41,12 @@ from deploy_support import (
 
 def _trainer_missing() -> str | None:
     try:
-        found = importlib.util.find_spec("student_trainer.loop")
+        found = importlib.util.find_spec("tropd.trainer.loop")
         if found is None:
-            return "student_trainer.loop does not exist yet"
-        __import__("student_trainer.loop")
+            return "tropd.trainer.loop does not exist yet"
+        __import__("tropd.trainer.loop")
     except ImportError as error:
-        return f"student_trainer.loop cannot be imported yet: {error}"
+        return f"tropd.trainer.loop cannot be imported yet: {error}"
     return None
 
 

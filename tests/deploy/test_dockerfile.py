@@ -139,7 +139,7 @@ def test_images_run_as_the_uid_the_chart_expects() -> None:
 
 
 def test_teacher_image_environment_names_server_settings() -> None:
-    from teacher.config import ServerConfig, env_name
+    from tropd.teacher.config import ServerConfig, env_name
 
     known = {env_name(field) for field in ServerConfig.model_fields}
     for instruction in INSTRUCTIONS:
@@ -149,7 +149,7 @@ def test_teacher_image_environment_names_server_settings() -> None:
 
 
 def test_images_point_the_trainer_at_the_copied_world() -> None:
-    manifest = pytest.importorskip("student_trainer.world.manifest")
+    manifest = pytest.importorskip("tropd.trainer.world.manifest")
     (workdir,) = [i.args for i in INSTRUCTIONS if i.keyword == "WORKDIR"]
     env = " ".join(i.args for i in INSTRUCTIONS if i.stage == "base" and i.keyword == "ENV")
     assert f"{manifest.WORLD_DIR_ENV}={workdir}/worlds/builtin" in env.split()

@@ -236,7 +236,7 @@ def _schema_teacher_settings() -> set[str]:
 
 
 def test_teacher_config_keys_are_exactly_the_server_settings() -> None:
-    from teacher.config import ServerConfig
+    from tropd.teacher.config import ServerConfig
 
     expected = set(ServerConfig.model_fields) - CHART_SET_TEACHER_FIELDS
     assert _schema_teacher_settings() == (
@@ -246,7 +246,7 @@ def test_teacher_config_keys_are_exactly_the_server_settings() -> None:
 
 @pytest.mark.parametrize("values_file", VALUES_FILES, ids=values_id)
 def test_teacher_environment_loads_in_the_server_config(values_file: Path | None) -> None:
-    from teacher.config import load_config
+    from tropd.teacher.config import load_config
 
     objs = render_file(values_file)
     maps = [c for c in find(objs, "ConfigMap") if c["metadata"]["name"].endswith("-teacher")]
@@ -263,7 +263,8 @@ def test_teacher_environment_loads_in_the_server_config(values_file: Path | None
 
 def test_large_and_fractional_settings_reach_the_server_exactly() -> None:
     from deploy_support import objects
-    from teacher.config import load_config
+
+    from tropd.teacher.config import load_config
 
     settings = {
         "max_message_bytes": 536870912,
@@ -301,7 +302,7 @@ def _recipe_and_overrides(
 @pytest.mark.parametrize("values_file", VALUES_FILES, ids=values_id)
 def test_student_jobs_load_in_the_trainer_config(values_file: Path | None, tmp_path: Path) -> None:
     """Recipe + overrides of every Job pass the trainer's own loader (unknown keys fail)."""
-    config_module = pytest.importorskip("student_trainer.config")
+    config_module = pytest.importorskip("tropd.trainer.config")
     objs = render_file(values_file)
     jobs = find(objs, "Job")
     assert jobs or not yaml.safe_load((values_file or CHART / "values.yaml").read_text()).get(
@@ -360,7 +361,8 @@ def test_student_probes_use_the_status_port() -> None:
 
 def test_tgi_settings_reach_the_server_and_the_token_comes_from_a_secret() -> None:
     from deploy_support import objects
-    from teacher.config import load_config
+
+    from tropd.teacher.config import load_config
 
     token_env = {
         "name": "TEACHER_TGI_TOKEN",

@@ -1,7 +1,8 @@
 """The response alignment helper against a per-token loop."""
 
 import torch
-from student_trainer.alignment import gather_positions, response_index
+
+from tropd.trainer.alignment import gather_positions, response_index
 
 
 def test_response_index_matches_naive_loop() -> None:

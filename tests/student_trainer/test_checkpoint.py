@@ -15,14 +15,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from student_trainer.checkpoint import (
-    CheckpointError,
-    TrainState,
-    find_latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-    verify_checkpoint,
-)
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
@@ -30,6 +22,15 @@ from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
     PreTrainedTokenizerFast,
+)
+
+from tropd.trainer.checkpoint import (
+    CheckpointError,
+    TrainState,
+    find_latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
 )
 
 VOCAB = 32
@@ -227,7 +228,7 @@ def test_corrupt_latest_is_skipped(
     bad = tmp_path / "checkpoints" / "step-000003"
     reason = corrupt(bad)
 
-    with caplog.at_level(logging.WARNING, logger="student_trainer.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="tropd.trainer.checkpoint"):
         latest = find_latest_checkpoint(tmp_path)
     assert latest == tmp_path / "checkpoints" / "step-000002"
     warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
@@ -243,7 +244,7 @@ def test_leftover_temp_dir_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureF
     partial.mkdir()
     (partial / "model.safetensors").write_bytes(b"half a file")
 
-    with caplog.at_level(logging.WARNING, logger="student_trainer.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="tropd.trainer.checkpoint"):
         latest = find_latest_checkpoint(tmp_path)
     assert latest == tmp_path / "checkpoints" / "step-000001"
     assert any(

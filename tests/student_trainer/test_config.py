@@ -3,7 +3,8 @@
 from pathlib import Path
 
 import pytest
-from student_trainer.config import ConfigError, dump_config, load_config, parse_overrides
+
+from tropd.trainer.config import ConfigError, dump_config, load_config, parse_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,8 @@ import math
 
 import pytest
 import torch
-from student_trainer.losses import (
+
+from tropd.trainer.losses import (
     LOSSES,
     LossConfig,
     LossInputs,

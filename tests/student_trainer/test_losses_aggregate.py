@@ -6,7 +6,8 @@ import math
 
 import pytest
 import torch
-from student_trainer.losses import (
+
+from tropd.trainer.losses import (
     LossConfig,
     LossInputs,
     compute_loss,

@@ -8,7 +8,8 @@ import typing
 import pytest
 import torch
 from pydantic import ValidationError
-from student_trainer.losses import (
+
+from tropd.trainer.losses import (
     LOSSES,
     LossConfig,
     LossInputError,

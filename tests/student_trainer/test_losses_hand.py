@@ -9,8 +9,9 @@ import math
 
 import pytest
 import torch
-from student_trainer.losses import LOSSES, LossConfig, LossInputs, entropy_top_threshold
 from torch import Tensor
+
+from tropd.trainer.losses import LOSSES, LossConfig, LossInputs, entropy_top_threshold
 
 LOG = math.log
 

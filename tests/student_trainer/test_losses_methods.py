@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from student_trainer.losses import (
+from torch import Tensor
+
+from tropd.trainer.losses import (
     LOSSES,
     LossConfig,
     LossInputs,
@@ -17,7 +19,6 @@ from student_trainer.losses import (
     merge_metrics,
     trained_token_count,
 )
-from torch import Tensor
 
 V, K = 13, 5
 FLOAT_FIELDS = [

@@ -8,9 +8,10 @@ import math
 
 import pytest
 import torch
-from student_trainer.losses import LossConfig, LossInputError, LossInputs, trust_region_mask
-from student_trainer.losses.tropd import tropd_loss
 from torch import Tensor
+
+from tropd.trainer.losses import LossConfig, LossInputError, LossInputs, trust_region_mask
+from tropd.trainer.losses.tropd import tropd_loss
 
 LOG = math.log
 

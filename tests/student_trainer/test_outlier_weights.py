@@ -11,7 +11,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 from pydantic import ValidationError
-from student_trainer.losses import (
+from torch import Tensor
+
+from tropd.trainer.losses import (
     LOSSES,
     LossConfig,
     LossInputError,
@@ -22,14 +24,13 @@ from student_trainer.losses import (
     trained_token_count,
     unmet_teacher_needs,
 )
-from student_trainer.losses.outlier_weights import (
+from tropd.trainer.losses.outlier_weights import (
     accumulated_surprise,
     earlier_sum,
     prefix_gate_weights,
     support_weights,
     surprise_weights,
 )
-from torch import Tensor
 
 V, K = 11, 4
 LOG = math.log

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from matplotlib.image import imread
-from student_trainer.plots import plot_comparison, plot_run
-from student_trainer.run_log import METRICS_FILE, RunLogger
+
+from tropd.trainer.plots import plot_comparison, plot_run
+from tropd.trainer.run_log import METRICS_FILE, RunLogger
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

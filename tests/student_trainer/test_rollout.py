@@ -5,9 +5,10 @@ test's `lp_S_old` does not depend on what else was sampled in the batch."""
 from __future__ import annotations
 
 import torch
-from student_trainer.rollout import sample_completions
-from student_trainer.world import builtin_world_dir
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tropd.trainer.rollout import sample_completions
+from tropd.trainer.world import builtin_world_dir
 
 
 def test_left_padded_rows_get_their_unpadded_logprobs() -> None:

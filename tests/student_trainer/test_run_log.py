@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from student_trainer.run_log import METRICS_FILE, RunLogger, read_metrics
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.summary.writer import event_file_writer
+
+from tropd.trainer.run_log import METRICS_FILE, RunLogger, read_metrics
 
 
 def _log_steps(
@@ -76,7 +77,7 @@ def test_bad_metrics_are_rejected(tmp_path: Path) -> None:
 def test_truncated_last_line_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / METRICS_FILE
     path.write_text('{"step": 1, "a": 1}\n{"step": 2, "a": 2}\n{"step": 3, "a"')
-    with caplog.at_level(logging.WARNING, logger="student_trainer.run_log"):
+    with caplog.at_level(logging.WARNING, logger="tropd.trainer.run_log"):
         rows = read_metrics(path)
     assert [r["step"] for r in rows] == [1, 2]
     assert "truncated last line 3" in caplog.text

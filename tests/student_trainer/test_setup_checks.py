@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from student_trainer.config import load_config
-from student_trainer.errors import SetupError
-from student_trainer.setup import check_teacher
-from student_trainer.world import builtin_world_dir
-from teacher.client import Capabilities, Limits, TeacherInfo
-from teacher.fingerprint import fingerprint_of
 from transformers import AutoTokenizer
+
+from tropd.teacher.client import Capabilities, Limits, TeacherInfo
+from tropd.teacher.fingerprint import fingerprint_of
+from tropd.trainer.config import load_config
+from tropd.trainer.errors import SetupError
+from tropd.trainer.setup import check_teacher
+from tropd.trainer.world import builtin_world_dir
 
 VOCAB_ROWS = 19
 

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from student_trainer.status_server import StatusServer, TrainerStatus
+
+from tropd.trainer.status_server import StatusServer, TrainerStatus
 
 
 class FakeClock:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from student_trainer.tasks import Task, TaskError, load_task
-from student_trainer.tasks.addition import (
+
+from tropd.trainer.tasks import Task, TaskError, load_task
+from tropd.trainer.tasks.addition import (
     HABIT,
     HARD,
     STYLES,
@@ -17,7 +18,7 @@ from student_trainer.tasks.addition import (
     parse_problem,
     prompt_text,
 )
-from student_trainer.tasks.base import Example
+from tropd.trainer.tasks.base import Example
 
 # 1234 + 5678 = 6912; every number least-significant digit first.
 PROBLEM = Problem(1234, 5678)

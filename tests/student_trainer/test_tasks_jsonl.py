@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from student_trainer.tasks import TaskError, load_task
-from student_trainer.tasks.base import Example
+
+from tropd.trainer.tasks import TaskError, load_task
+from tropd.trainer.tasks.base import Example
 
 
 def _write(path: Path, records: list[object]) -> Path:

@@ -17,13 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from student_trainer.config import load_config
-from student_trainer.loop import train
-from student_trainer.run_log import read_metrics
-from student_trainer.world import builtin_world_dir
-from teacher.config import ServerConfig
-from teacher.server import ServerHandle, start_server
 from transformers import AutoModelForCausalLM
+
+from tropd.teacher.config import ServerConfig
+from tropd.teacher.server import ServerHandle, start_server
+from tropd.trainer.config import load_config
+from tropd.trainer.loop import train
+from tropd.trainer.run_log import read_metrics
+from tropd.trainer.world import builtin_world_dir
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = [
@@ -56,7 +57,7 @@ def teacher() -> Iterator[ServerHandle]:
 def _cli(args: list[str], **kwargs: object) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "student_trainer.cli", *args],
+        [sys.executable, "-m", "tropd.trainer.cli", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -10,13 +10,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from student_trainer.batch import TrainSequence
-from student_trainer.config import OptimConfig
-from student_trainer.losses import LossConfig
-from student_trainer.update import apply_update
-from student_trainer.world import builtin_world_dir
-from teacher.client import ScoredSequence
 from transformers import AutoModelForCausalLM
+
+from tropd.teacher.client import ScoredSequence
+from tropd.trainer.batch import TrainSequence
+from tropd.trainer.config import OptimConfig
+from tropd.trainer.losses import LossConfig
+from tropd.trainer.update import apply_update
+from tropd.trainer.world import builtin_world_dir
 
 
 def _rollouts(vocab: int, n: int = 8) -> tuple[list[TrainSequence], list[ScoredSequence]]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from student_trainer.tasks import load_task
-from student_trainer.world import builtin_world_dir, load_manifest, world_task
-from student_trainer.world.manifest import WORLD_DIR_ENV
-from student_trainer.world.sft import greedy_completions
-from student_trainer.world.tokenizer import build_tokenizer
-from teacher.fingerprint import fingerprint_of
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tropd.teacher.fingerprint import fingerprint_of
+from tropd.trainer.tasks import load_task
+from tropd.trainer.world import builtin_world_dir, load_manifest, world_task
+from tropd.trainer.world.manifest import WORLD_DIR_ENV
+from tropd.trainer.world.sft import greedy_completions
+from tropd.trainer.world.tokenizer import build_tokenizer
 
 WORLD = Path(__file__).resolve().parents[2] / "worlds" / "builtin"
 MODELS = ["teacher", "student", "student-matched", "student-strong", "student-hard"]

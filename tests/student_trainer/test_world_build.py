@@ -9,13 +9,14 @@ import pytest
 import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file
-from student_trainer.tasks.addition import AdditionConfig, AdditionTask
-from student_trainer.world import build as build_module
-from student_trainer.world import build_world, load_manifest, world_task
-from student_trainer.world.build import ModelSpec, WorldSpec, default_spec, long_spec, main
-from student_trainer.world.manifest import WorldManifest
-from teacher.fingerprint import fingerprint_of
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tropd.teacher.fingerprint import fingerprint_of
+from tropd.trainer.tasks.addition import AdditionConfig, AdditionTask
+from tropd.trainer.world import build as build_module
+from tropd.trainer.world import build_world, load_manifest, world_task
+from tropd.trainer.world.build import ModelSpec, WorldSpec, default_spec, long_spec, main
+from tropd.trainer.world.manifest import WorldManifest
 
 
 def _tiny_spec() -> WorldSpec:
@@ -128,7 +129,7 @@ def test_cli_long_recipe_builds_the_long_spec(monkeypatch: pytest.MonkeyPatch,
 
 def test_trainer_cli_forwards_build_world_options(capsys: pytest.CaptureFixture[str]) -> None:
     """`tropd-train build-world ...` hands every option (and --help) to the world builder."""
-    from student_trainer.cli import main as trainer_main
+    from tropd.trainer.cli import main as trainer_main
 
     with pytest.raises(SystemExit) as info:
         trainer_main(["build-world", "--help"])
@@ -147,7 +148,7 @@ def test_trainer_cli_forwards_build_world_options(capsys: pytest.CaptureFixture[
 def test_bad_build_options_exit_2_before_training(
     args: list[str], words: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from student_trainer.cli import main as trainer_main
+    from tropd.trainer.cli import main as trainer_main
 
     with pytest.raises(SystemExit) as info:
         trainer_main(["build-world", "--out", str(tmp_path / "w"), *args])

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from student_trainer.tasks.addition import STYLES, SYMBOLS, AdditionTask, Problem, completion_text
-from student_trainer.world.tokenizer import build_tokenizer
-from teacher.fingerprint import fingerprint_of
 from transformers import AutoTokenizer
+
+from tropd.teacher.fingerprint import fingerprint_of
+from tropd.trainer.tasks.addition import STYLES, SYMBOLS, AdditionTask, Problem, completion_text
+from tropd.trainer.world.tokenizer import build_tokenizer
 
 TEXT = "4321+8765=" + completion_text(Problem(1234, 5678), 4, STYLES["teacher"])
 

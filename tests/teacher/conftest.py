@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from teacher.client import TeacherClient
-from teacher.config import ServerConfig
-from teacher.server import ServerHandle, start_server
 from transformers import AutoModelForCausalLM
+
+from tropd.teacher.client import TeacherClient
+from tropd.teacher.config import ServerConfig
+from tropd.teacher.server import ServerHandle, start_server
 
 
 def server_config(model_dir: Path, **overrides: object) -> ServerConfig:

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from teacher.auth import TokensFileError
-from teacher.cli import main as cli_main
-from teacher.client import TeacherClient, TeacherRpcError
-from teacher.server import ServerHandle, start_server
+
+from tropd.teacher.auth import TokensFileError
+from tropd.teacher.cli import main as cli_main
+from tropd.teacher.client import TeacherClient, TeacherRpcError
+from tropd.teacher.server import ServerHandle, start_server
 
 TOKENS = {name: f"{name}-token-0123456789abcdef" for name in ("alpha", "beta", "gamma")}
 UNAUTH = grpc.StatusCode.UNAUTHENTICATED

@@ -7,8 +7,9 @@ import sys
 
 import grpc
 import pytest
-from teacher.cli import main
-from teacher.client import RetryPolicy, TeacherClient, TeacherClientError, TeacherRpcError
+
+from tropd.teacher.cli import main
+from tropd.teacher.client import RetryPolicy, TeacherClient, TeacherClientError, TeacherRpcError
 
 
 def test_cli_info_score_health(llama_server, tiny_llama_dir, capsys) -> None:
@@ -77,7 +78,7 @@ def test_client_imports_without_torch_or_transformers() -> None:
         "import sys\n"
         "for name in ('torch', 'transformers', 'fastapi', 'pydantic', 'prometheus_client'):\n"
         "    sys.modules[name] = None\n"
-        "import teacher.client as c\n"
+        "import tropd.teacher.client as c\n"
         "assert c.TeacherClient and c.AsyncTeacherClient\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from teacher.backends import load_backend
-from teacher.backends.base import GenerateTask, ScoreOutput, ScoreTask
-from teacher.backends.hf import HFBackend, HFOptions
-from teacher.backends.hf_scoring import OutputHead
 from transformers import AutoModelForCausalLM, Gemma2Config
+
+from tropd.teacher.backends import load_backend
+from tropd.teacher.backends.base import GenerateTask, ScoreOutput, ScoreTask
+from tropd.teacher.backends.hf import HFBackend, HFOptions
+from tropd.teacher.backends.hf_scoring import OutputHead
 
 TOKENIZER_VOCAB = 438  # the tiny tokenizer's size (tests/conftest.py)
 ATOL = 1e-4

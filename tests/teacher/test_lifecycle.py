@@ -17,9 +17,10 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from teacher.backends import load_backend
-from teacher.client import TeacherClient, TeacherRpcError
-from teacher.server import TeacherServer
+
+from tropd.teacher.backends import load_backend
+from tropd.teacher.client import TeacherClient, TeacherRpcError
+from tropd.teacher.server import TeacherServer
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -101,7 +102,7 @@ def in_flight(http_port: int) -> float:
 
 def test_sigterm_drains_in_flight_work_and_exits_zero(tiny_llama_dir) -> None:
     cmd = [
-        sys.executable, "-m", "teacher.cli", "serve", "--model", str(tiny_llama_dir),
+        sys.executable, "-m", "tropd.teacher.cli", "serve", "--model", str(tiny_llama_dir),
         "--host", "127.0.0.1", "--port", "0", "--http-port", "0",
         "--max-batch-tokens", "64", "--drain-grace-s", "120",
     ]  # fmt: skip

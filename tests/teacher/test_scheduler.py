@@ -8,11 +8,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
-from teacher.auth import Job, Quotas
-from teacher.backends.base import GenerateOutput, GenerateTask, ScoreOutput, ScoreTask
-from teacher.batching import BatchPlanner, WorkItem, padded_tokens
-from teacher.errors import DeadlineExceeded, Internal, ResourceExhausted, Unavailable
-from teacher.scheduler import NullHooks, RequestTiming, Scheduler, SchedulerConfig, Served
+
+from tropd.teacher.auth import Job, Quotas
+from tropd.teacher.backends.base import GenerateOutput, GenerateTask, ScoreOutput, ScoreTask
+from tropd.teacher.batching import BatchPlanner, WorkItem, padded_tokens
+from tropd.teacher.errors import DeadlineExceeded, Internal, ResourceExhausted, Unavailable
+from tropd.teacher.scheduler import NullHooks, RequestTiming, Scheduler, SchedulerConfig, Served
 
 POISON = 666  # a first id that makes the fake backend raise
 

@@ -14,8 +14,9 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from teacher.client import TeacherClient, TeacherRpcError, TokenizerMismatch
-from teacher.fingerprint import TokenizerFingerprint
+
+from tropd.teacher.client import TeacherClient, TeacherRpcError, TokenizerMismatch
+from tropd.teacher.fingerprint import TokenizerFingerprint
 
 TOL = 1e-4
 
@@ -239,7 +240,7 @@ def test_bad_generate_input(client, kwargs, words) -> None:
 def test_async_client_matches_sync(llama_server, client) -> None:
     import asyncio
 
-    from teacher.client import AsyncTeacherClient
+    from tropd.teacher.client import AsyncTeacherClient
 
     ids = np.arange(4, 30, dtype=np.int32)
     (expected,) = client.score([ids], 2, top_k=4)
@@ -260,9 +261,9 @@ def test_async_client_matches_sync(llama_server, client) -> None:
 
 
 def test_unsupported_logprob_dtype_over_the_wire(llama_server, client) -> None:
-    from teacher import wire
-    from tropd.teacher.v1 import teacher_pb2 as pb
-    from tropd.teacher.v1 import teacher_pb2_grpc as pb_grpc
+    from tropd.wire import codec as wire
+    from tropd.wire.v1 import teacher_pb2 as pb
+    from tropd.wire.v1 import teacher_pb2_grpc as pb_grpc
 
     item = pb.ScoreItem(ids=wire.to_tensor(np.array([1, 2, 3], np.int32)), start=1)
     with grpc.insecure_channel(llama_server.target) as channel:

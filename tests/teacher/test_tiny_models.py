@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from teacher.fingerprint import fingerprint_of
-from teacher.tiny_models import BOS_ID, EOS_ID, PAD_ID, build_tiny_cli, build_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tropd.teacher.fingerprint import fingerprint_of
+from tropd.teacher.tiny_models import BOS_ID, EOS_ID, PAD_ID, build_tiny_cli, build_tiny_model
 
 TEXT = "the sum of 12 + 30 is 42. Question: what is quux? émigré"
 

@@ -14,10 +14,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from teacher.cli import main as cli_main
-from teacher.client import TeacherClient, TeacherRpcError
-from teacher.config import ConfigError, load_config
-from teacher.server import start_server
+
+from tropd.teacher.cli import main as cli_main
+from tropd.teacher.client import TeacherClient, TeacherRpcError
+from tropd.teacher.config import ConfigError, load_config
+from tropd.teacher.server import start_server
 
 
 @dataclass(frozen=True)

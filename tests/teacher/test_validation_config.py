@@ -6,18 +6,19 @@ import grpc
 import numpy as np
 import pytest
 from pydantic import ValidationError
-from teacher import wire
-from teacher.backends.base import Capabilities
-from teacher.config import ConfigError, load_config
-from teacher.errors import (
+
+from tropd.teacher.backends.base import Capabilities
+from tropd.teacher.config import ConfigError, load_config
+from tropd.teacher.errors import (
     RETRY_AFTER_KEY,
     InvalidArgument,
     ResourceExhausted,
     Unimplemented,
     to_status,
 )
-from teacher.validation import Limits, validate_generate, validate_score
-from tropd.teacher.v1 import teacher_pb2 as pb
+from tropd.teacher.validation import Limits, validate_generate, validate_score
+from tropd.wire import codec as wire
+from tropd.wire.v1 import teacher_pb2 as pb
 
 LIMITS = Limits(
     vocab_size=100,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from teacher import wire
-from tropd.teacher.v1 import teacher_pb2 as pb
+
+from tropd.wire import codec as wire
+from tropd.wire.v1 import teacher_pb2 as pb
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.int32])

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from teacher.config import ServerConfig
+
+from tropd.teacher.config import ServerConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_PYTHON = ROOT / ".venv-tgi" / "bin" / "python"
@@ -121,7 +122,7 @@ def start_tgi_teacher(
         RuntimeError: the server exited first (its output is in the message).
     """
     command = [
-        str(tgi_python), "-m", "teacher.cli", "serve", "--backend", "tgi",
+        str(tgi_python), "-m", "tropd.teacher.cli", "serve", "--backend", "tgi",
         "--tgi-url", tgi_url, "--model", str(tokenizer_dir), "--host", "127.0.0.1",
         "--port", "0", "--http-port", "0", "--drain-grace-s", "2", *extra,
     ]  # fmt: skip

@@ -24,10 +24,11 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from teacher.client import TeacherClient
-from teacher.client_codec import TeacherRpcError
-from teacher.server import ServerHandle, start_server
-from teacher.text_tokenizer import TextTokenizer
+
+from tropd.teacher.client import TeacherClient
+from tropd.teacher.client_codec import TeacherRpcError
+from tropd.teacher.server import ServerHandle, start_server
+from tropd.teacher.text_tokenizer import TextTokenizer
 
 TEXTS = (
     "the answer is the sum of the first digit",

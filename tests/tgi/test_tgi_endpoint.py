@@ -13,11 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from teacher.errors import Internal, InvalidArgument, ResourceExhausted, Unavailable, Unimplemented
-from teacher.server import ServerHandle, start_server
-from teacher.text_tokenizer import TextTokenizer
-from teacher.tgi_api import error_response
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tropd.teacher.errors import (
+    Internal,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+    Unimplemented,
+)
+from tropd.teacher.server import ServerHandle, start_server
+from tropd.teacher.text_tokenizer import TextTokenizer
+from tropd.teacher.tgi_api import error_response
 
 PROMPT = "the answer is the sum of the first digit"
 # TGI's OpenAPI `Info` schema: the keys it marks required.
@@ -49,7 +56,7 @@ def reference_T_V(tiny_llama_dir: Path):
 
 
 def test_text_tokenizer_matches_transformers(tiny_llama_dir: Path) -> None:
-    from teacher.fingerprint import fingerprint_of
+    from tropd.teacher.fingerprint import fingerprint_of
 
     ours = TextTokenizer(tiny_llama_dir)
     hf = AutoTokenizer.from_pretrained(tiny_llama_dir)

@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from teacher.client import TeacherClient
-from teacher.config import ConfigError, load_config
-from teacher.server import ServerHandle, start_server
-from teacher.text_tokenizer import TextTokenizer
+
+from tropd.teacher.client import TeacherClient
+from tropd.teacher.config import ConfigError, load_config
+from tropd.teacher.server import ServerHandle, start_server
+from tropd.teacher.text_tokenizer import TextTokenizer
 
 TOKEN = "tgi-teacher-token-0123456789"
 PROMPT = "the answer is the sum of the first digit"
@@ -34,9 +35,9 @@ BACKEND_SCRIPT = r"""
 import json, sys, time
 import numpy as np
 from pydantic import ValidationError
-from teacher.backends.base import ScoreTask
-from teacher.backends.tgi import TGIBackend, TGIOptions
-from teacher.errors import TeacherError
+from tropd.teacher.backends.base import ScoreTask
+from tropd.teacher.backends.tgi import TGIBackend, TGIOptions
+from tropd.teacher.errors import TeacherError
 
 args = json.loads(sys.stdin.read())
 ids = np.asarray(args["ids"], dtype=np.int32)
@@ -178,11 +179,13 @@ def test_server_settings_take_the_token_from_the_environment_and_mask_it() -> No
 
 
 def test_server_hands_token_and_timeout_to_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    import teacher.backends
-    from teacher import server
+    import tropd.teacher.backends
+    from tropd.teacher import server
 
     calls: list[tuple[str, dict]] = []
-    monkeypatch.setattr(teacher.backends, "load_backend", lambda *a, **kw: calls.append((a, kw)))
+    monkeypatch.setattr(
+        tropd.teacher.backends, "load_backend", lambda *a, **kw: calls.append((a, kw))
+    )
     config = load_config(
         environ={"TEACHER_MODEL": "/tok", "TEACHER_BACKEND": "tgi", "TEACHER_TGI_URL": "http://tgi",
                  "TEACHER_TGI_TOKEN": TOKEN, "TEACHER_TGI_TIMEOUT_S": "7.5"}

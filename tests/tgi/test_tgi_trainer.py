@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from student_trainer.world import builtin_world_dir
-from teacher.server import ServerHandle, start_server
+
+from tropd.teacher.server import ServerHandle, start_server
+from tropd.trainer.world import builtin_world_dir
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = [
@@ -48,7 +49,7 @@ def _train(target: str, run_dir: Path, *extra: str) -> subprocess.CompletedProce
     args = ["run", "--config", "configs/demo.yaml", *SMALL, f"teacher.target={target}",
             f"train.run_dir={run_dir}", *extra]  # fmt: skip
     return subprocess.run(
-        [sys.executable, "-m", "student_trainer.cli", *args],
+        [sys.executable, "-m", "tropd.trainer.cli", *args],
         capture_output=True,
         text=True,
         timeout=600,

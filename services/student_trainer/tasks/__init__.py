@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from student_trainer.tasks.addition import AdditionConfig, AdditionTask
-from student_trainer.tasks.base import Example, Task, TaskError
-from student_trainer.tasks.jsonl import JsonlConfig, JsonlTask
+from tropd.trainer.tasks.addition import AdditionConfig, AdditionTask
+from tropd.trainer.tasks.base import Example, Task, TaskError
+from tropd.trainer.tasks.jsonl import JsonlConfig, JsonlTask
 
 TASKS: dict[str, Callable[[dict[str, Any]], Task]] = {
     "addition": lambda options: AdditionTask(AdditionConfig(**options)),

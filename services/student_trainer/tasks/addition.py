@@ -33,7 +33,7 @@ from functools import cached_property
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from student_trainer.tasks.base import Example
+from tropd.trainer.tasks.base import Example
 
 ANSWER_MARKER = ";"
 # Every character a prompt or completion of any style can contain; the world's tokenizer

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from student_trainer.tasks.base import Example, TaskError
+from tropd.trainer.tasks.base import Example, TaskError
 
 Verifier = Callable[[Example, str], bool]
 

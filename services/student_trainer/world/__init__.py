@@ -6,14 +6,14 @@
     build_world(out_dir, seed)     rebuild it from scratch (python -m student_trainer.world)
 """
 
-from student_trainer.world.build import build_world, default_spec, main
-from student_trainer.world.manifest import (
+from tropd.trainer.world.build import build_world, default_spec, main
+from tropd.trainer.world.manifest import (
     WorldManifest,
     builtin_world_dir,
     load_manifest,
     world_task,
 )
-from student_trainer.world.tokenizer import build_tokenizer
+from tropd.trainer.world.tokenizer import build_tokenizer
 
 __all__ = [
     "WorldManifest",

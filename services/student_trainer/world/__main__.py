@@ -1,5 +1,5 @@
 """`python -m student_trainer.world --help`: build the built-in world (see build.py)."""
 
-from student_trainer.world.build import main
+from tropd.trainer.world.build import main
 
 raise SystemExit(main())

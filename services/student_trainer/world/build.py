@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 import transformers
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from teacher.fingerprint import fingerprint_of
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
-from student_trainer.tasks.addition import STYLES, AdditionConfig, AdditionTask
-from student_trainer.world.manifest import (
+from tropd.teacher.fingerprint import fingerprint_of
+from tropd.trainer.tasks.addition import STYLES, AdditionConfig, AdditionTask
+from tropd.trainer.world.manifest import (
     MANIFEST_NAME,
     ModelRecord,
     StyleRecord,
@@ -40,13 +40,13 @@ from student_trainer.world.manifest import (
     builtin_world_dir,
     load_manifest,
 )
-from student_trainer.world.sft import (
+from tropd.trainer.world.sft import (
     SftSettings,
     encode_problems,
     greedy_completions,
     train_sft,
 )
-from student_trainer.world.tokenizer import build_tokenizer
+from tropd.trainer.world.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from student_trainer.tasks.addition import AdditionConfig, AdditionTask
-from student_trainer.tasks.base import TaskError
+from tropd.trainer.tasks.addition import AdditionConfig, AdditionTask
+from tropd.trainer.tasks.base import TaskError
 
 WORLD_DIR_ENV = "TROPD_WORLD_DIR"
 MANIFEST_NAME = "world.json"

@@ -19,8 +19,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from student_trainer.tasks.addition import STYLES, AdditionTask, Problem, completion_text
-from student_trainer.tasks.base import Example
+from tropd.trainer.tasks.addition import STYLES, AdditionTask, Problem, completion_text
+from tropd.trainer.tasks.base import Example
 
 IGNORE_INDEX = -100  # label value the HF causal-LM loss skips
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from student_trainer.tasks.addition import SYMBOLS
+from tropd.trainer.tasks.addition import SYMBOLS
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 # Special tokens take the first ids: pad 0, bos 1, eos 2, unk 3; then one id per symbol.

@@ -9,18 +9,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from teacher.backends.base import Backend
+from tropd.teacher.backends.base import Backend
 
 
 def _load_hf(**options: Any) -> Backend:
-    from teacher.backends.hf import HFBackend, HFOptions
+    from tropd.teacher.backends.hf import HFBackend, HFOptions
 
     return HFBackend(HFOptions(**options))
 
 
 def _load_tgi(**options: Any) -> Backend:
     # Needs the `tgi` extra (the text-generation client), never torch or transformers.
-    from teacher.backends.tgi import TGIBackend, TGIOptions
+    from tropd.teacher.backends.tgi import TGIBackend, TGIOptions
 
     return TGIBackend(TGIOptions(**options))
 

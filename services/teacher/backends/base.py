@@ -16,8 +16,8 @@ from typing import Protocol
 
 import numpy as np
 
-from teacher.errors import TeacherError
-from teacher.fingerprint import TokenizerFingerprint
+from tropd.teacher.errors import TeacherError
+from tropd.teacher.fingerprint import TokenizerFingerprint
 
 
 @dataclass(frozen=True)

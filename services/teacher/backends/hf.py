@@ -23,15 +23,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from teacher.backends.base import (
+from tropd.teacher.backends.base import (
     BackendInfo,
     GenerateOutput,
     GenerateTask,
     ScoreOutput,
     ScoreTask,
 )
-from teacher.backends.hf_scoring import OutputHead, ScoreRequestShape, score_positions
-from teacher.fingerprint import fingerprint_of
+from tropd.teacher.backends.hf_scoring import OutputHead, ScoreRequestShape, score_positions
+from tropd.teacher.fingerprint import fingerprint_of
 
 logger = logging.getLogger(__name__)
 

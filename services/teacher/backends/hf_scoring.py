@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from teacher.backends.base import ScoreOutput, ScoreTask
+from tropd.teacher.backends.base import ScoreOutput, ScoreTask
 
 
 @dataclass(frozen=True)

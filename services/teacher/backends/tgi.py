@@ -30,7 +30,7 @@ import text_generation
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from text_generation import errors as tgi_errors
 
-from teacher.backends.base import (
+from tropd.teacher.backends.base import (
     BackendInfo,
     Capabilities,
     GenerateOutput,
@@ -38,7 +38,7 @@ from teacher.backends.base import (
     ScoreOutput,
     ScoreTask,
 )
-from teacher.errors import (
+from tropd.teacher.errors import (
     FailedPrecondition,
     Internal,
     InvalidArgument,
@@ -47,7 +47,7 @@ from teacher.errors import (
     Unavailable,
     Unimplemented,
 )
-from teacher.text_tokenizer import TextTokenizer
+from tropd.teacher.text_tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
 

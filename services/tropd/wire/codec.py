@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from tropd.teacher.v1 import teacher_pb2 as pb
+
+from tropd.wire.v1 import teacher_pb2 as pb
 
 # Wire dtype of each enum value: always little-endian, whatever the host.
 _WIRE_DTYPES: dict[int, np.dtype] = {

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from tropd.teacher.v1 import teacher_pb2 as tropd_dot_teacher_dot_v1_dot_teacher__pb2
+from tropd.wire.v1 import teacher_pb2 as tropd_dot_teacher_dot_v1_dot_teacher__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
