@@ -25,12 +25,12 @@ def test_every_package_folder_is_listed_in_pyproject() -> None:
 
 
 @pytest.mark.parametrize("module", ["teacher", "student_trainer"])
-def test_old_top_level_names_are_gone(module: str) -> None:
+def test_old_top_level_names_are_gone(module: str, tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
-                            text=True, cwd=REPO / "tests")  # fmt: skip
+                            text=True, cwd=tmp_path)  # fmt: skip
     assert result.returncode != 0 and "No module named" in result.stderr
 
 
-def test_namespace_imports() -> None:
+def test_namespace_imports(tmp_path: Path) -> None:
     code = "import tropd.teacher.server, tropd.trainer.loop, tropd.wire.v1.teacher_pb2"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO / "tests")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
