@@ -23,14 +23,37 @@ class TrainSequence:
     context_len: int  # prompt tokens (bos included); the response starts here
     ids: np.ndarray  # int64 [context_len + R]: prompt, then response
     prefix_len: int  # teacher-written guidance tokens at the start of the response
-    behavior_logprobs: (
-        np.ndarray
-    )  # float32 [R]; NaN on prefix tokens (the student did not sample them)
-    correct: bool  # verifier verdict on the whole response (train-time accuracy)
+    behavior_logprobs: np.ndarray  # float32 [R]; NaN on prefix tokens (the student did not
+    # sample them), zeros for teacher drafts trained as they are (sft)
 
     @property
     def response_len(self) -> int:
         return int(self.ids.size - self.context_len)
+
+    @property
+    def response_ids(self) -> np.ndarray:
+        return self.ids[self.context_len :]
+
+
+def trained_tokens(sequences: Sequence[TrainSequence]) -> int:
+    """The step's loss normaliser and throughput count: every response token, prefix included."""
+    return sum(s.response_len for s in sequences)
+
+
+def draft_sequences(
+    prompts: Sequence[Sequence[int]], drafts: Sequence[np.ndarray]
+) -> list[TrainSequence]:
+    """The `sft` baseline's rollouts: the teacher's drafts themselves, to train teacher-forced."""
+    return [
+        TrainSequence(
+            prompt_index=p,
+            context_len=len(prompt),
+            ids=np.concatenate([np.asarray(prompt, np.int64), draft]),
+            prefix_len=0,
+            behavior_logprobs=np.zeros(draft.size, np.float32),
+        )
+        for p, (prompt, draft) in enumerate(zip(prompts, drafts, strict=True))
+    ]
 
 
 @dataclass
@@ -86,7 +109,7 @@ def collate(
     j_T = torch.arange(width_T)
     valid_B_T = j_T[None, :] < lengths_B[:, None]
     in_prefix_B_T = j_T[None, :] < prefix_B[:, None]
-    response_ids = [s.ids[s.context_len :] for s in sequences]
+    response_ids = [s.response_ids for s in sequences]
     graded = [sc for sc in scores if sc is not None]
     have_scores = len(graded) == len(sequences)
     topk = have_scores and graded[0].topk_ids is not None

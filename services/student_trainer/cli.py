@@ -19,6 +19,7 @@ import logging
 import sys
 from dataclasses import asdict
 
+from tropd.errors import ConfigError
 from tropd.trainer.config import dump_config, load_config
 from tropd.trainer.errors import TrainerError, TrainingAborted
 
@@ -52,10 +53,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from tropd.trainer.setup import load_student, task_from_config
 
     cfg = load_config(args.config, [*args.overrides, f"student.path={args.model}"])
-    model, tokenizer = load_student(cfg)
+    student = load_student(cfg)
     task = task_from_config(cfg.task)
     examples = list(task.eval_examples())[: cfg.task.eval_size]
-    result = evaluate_student(model, tokenizer, task, examples)
+    result = evaluate_student(student.model, student.tokenizer, task, examples)
     for prompt, completion, ok in result.samples:
         print(f"{prompt!r} -> {completion!r} [{'ok' if ok else 'wrong'}]")
     print(
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.fn(args))
-    except TrainerError as exc:  # bad input: config, paths, tokenizer, capabilities
+    except (ConfigError, TrainerError) as exc:  # bad input: config, paths, tokenizer, capabilities
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TrainingAborted as exc:  # the teacher was lost mid-run; a checkpoint was written

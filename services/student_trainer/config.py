@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tropd.trainer.errors import ConfigError
+from tropd.errors import ConfigError
 from tropd.trainer.losses.config import LossConfig
 
 

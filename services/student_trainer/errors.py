@@ -1,12 +1,12 @@
-"""The trainer's error types. The CLI maps them to exit codes at one place (`cli.main`)."""
+"""The trainer's error types. The CLI maps them to exit codes at one place (`cli.main`).
+
+A wrong config file or override raises `tropd.errors.ConfigError`, the one the teacher raises
+too; the CLI treats it as a `TrainerError` (exit code 2).
+"""
 
 
 class TrainerError(Exception):
-    """Bad input a user must fix (config, paths, tokenizer, teacher capabilities): exit code 2."""
-
-
-class ConfigError(TrainerError, ValueError):
-    """A config file or override is wrong; the message names the key and what is allowed."""
+    """Bad input a user must fix (paths, tokenizer, teacher capabilities): exit code 2."""
 
 
 class SetupError(TrainerError):

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from tropd.teacher.client import TeacherClient
+from tropd.trainer.config import GuidanceConfig
 from tropd.trainer.errors import SetupError
 from tropd.trainer.evaluate import encode_prompts
+from tropd.trainer.losses import guidance_prefix_len
 from tropd.trainer.tasks.base import Example
 
 
@@ -107,3 +110,46 @@ def write_drafts(
 def strip_eos(draft: np.ndarray, eos_id: int) -> np.ndarray:
     """A guidance prefix never includes the draft's eos: the student writes its own ending."""
     return draft[:-1] if draft.size and draft[-1] == eos_id else draft
+
+
+@dataclass(frozen=True)
+class Drafts:
+    """Where a run's drafts come from: a drafts file (`table`) or the teacher service (`client`).
+
+    Teacher drafts are seeded per step (`seed * 1_000_003 + step`), so a resumed run asks for
+    the same drafts it would have got.
+    """
+
+    cfg: GuidanceConfig
+    client: TeacherClient
+    table: dict[str, np.ndarray] | None  # {prompt text: draft ids} when cfg.source == "file"
+    seed: int
+    max_new_tokens: int
+    eos_id: int
+
+    def for_step(
+        self, step: int, examples: Sequence[Example], prompts: Sequence[Sequence[int]]
+    ) -> list[np.ndarray]:
+        """One draft per example (ids ending with eos when the teacher stopped)."""
+        if self.table is not None:
+            return drafts_for(examples, self.table, str(self.cfg.drafts_file))
+        seed = self.seed * 1_000_003 + step
+        return teacher_drafts(
+            self.client, prompts, self.max_new_tokens, self.eos_id, self.cfg.temperature, seed
+        )
+
+    def prefixes(
+        self, step: int, total_steps: int, examples: Sequence[Example],
+        prompts: Sequence[Sequence[int]],
+    ) -> list[np.ndarray]:  # fmt: skip
+        """Guidance prefixes for the step: the first `fraction` of the prompts get the opening
+        of a teacher draft (length on the cosine schedule of `guidance_prefix_len`), the rest
+        an empty prefix."""
+        n_guided = int(round(self.cfg.fraction * len(prompts)))
+        prefixes = [np.zeros(0, np.int64)] * len(prompts)
+        if n_guided:
+            drafts = self.for_step(step, examples[:n_guided], prompts[:n_guided])
+            for i, draft in enumerate(drafts):
+                draft = strip_eos(draft, self.eos_id)
+                prefixes[i] = draft[: guidance_prefix_len(step, total_steps, int(draft.size))]
+        return prefixes

@@ -1,9 +1,12 @@
-"""The TrOPD recipe, top to bottom: set up, then per step sample prompts, (get teacher drafts),
-roll out the student, have the teacher grade every token, update, log, evaluate, checkpoint.
+"""The TrOPD recipe, top to bottom: set up, then per step sample prompts, roll out the student
+(some responses opening with a teacher-written prefix), have the teacher grade every token,
+update, then log, evaluate and checkpoint.
 
     tropd-train run --config configs/tropd.yaml [key.sub=value ...]
 
-Knows the teacher only through `tropd.teacher.client` (token ids in, numpy arrays out).
+This file is the training step; each stage is a call whose arguments say what it reads
+(docs/architecture.md#one-training-step). Knows the teacher only through `tropd.teacher.client`
+(token ids in, numpy arrays out).
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tropd.teacher.client import TeacherClientError
-from tropd.trainer import steps
+from tropd.teacher.client import ScoredSequence, TeacherClientError
+from tropd.trainer.batch import draft_sequences, trained_tokens
 from tropd.trainer.checkpoint import (
     TrainState,
     find_latest_checkpoint,
@@ -29,10 +32,24 @@ from tropd.trainer.checkpoint import (
 )
 from tropd.trainer.config import RunConfig, dump_config
 from tropd.trainer.errors import TrainingAborted
-from tropd.trainer.evaluate import evaluate_student
+from tropd.trainer.evaluate import decode_text, encode_prompts, evaluate_student
+from tropd.trainer.grades import Grades, grade
+from tropd.trainer.guidance import Drafts
+from tropd.trainer.losses import needs_teacher_scores
 from tropd.trainer.plots import plot_run
-from tropd.trainer.run_log import RunLogger
-from tropd.trainer.setup import Session, open_session
+from tropd.trainer.rollout import roll_out
+from tropd.trainer.run_log import Progress, RunLogger
+from tropd.trainer.setup import (
+    Data,
+    Student,
+    Teacher,
+    connect_teacher,
+    drafts_source,
+    load_data,
+    load_student,
+    make_optimizer,
+    start_status,
+)
 from tropd.trainer.update import apply_update
 
 log = logging.getLogger(__name__)
@@ -47,6 +64,173 @@ class RunResult:
     plots: tuple[Path, ...]
     wall_s: float
     stopped_early: bool
+
+
+def train(cfg: RunConfig) -> RunResult:
+    """Run (or resume) one training job to completion, a stop signal, or a teacher outage."""
+    t0 = time.monotonic()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    student = load_student(cfg)
+    data = load_data(cfg)
+    teacher = connect_teacher(cfg, student)  # refuses a teacher that does not fit (SetupError)
+    drafts = drafts_source(cfg, teacher, data, student)
+    optimizer = make_optimizer(student.model, cfg.optim)
+    run_dir = Path(cfg.train.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    status, server = start_status(cfg, run_dir)
+
+    # Resume from the newest good checkpoint: weights, optimizer, every RNG, the prompt sampler.
+    data_rng = np.random.default_rng(cfg.train.seed)
+    latest = find_latest_checkpoint(run_dir) if cfg.train.resume else None
+    start_step = 0
+    if latest is None:
+        torch.manual_seed(cfg.train.seed)  # rollouts sample from the global torch RNG
+    else:
+        state = load_checkpoint(latest, student.model, optimizer)
+        data_rng.bit_generator.state = state.data_state["numpy_bit_generator"]
+        start_step = state.step
+        log.info("resumed from %s (step %d)", latest, start_step)
+    logger = RunLogger(run_dir, tensorboard=cfg.train.tensorboard, resume_step=start_step)
+
+    def evaluate(step: int) -> float:
+        status.set_state("evaluating")
+        result = evaluate_student(student.model, student.tokenizer, data.task, data.eval)
+        logger.log(step, {"eval/accuracy": result.accuracy})
+        status.update_eval(step, result.accuracy)
+        prompt, completion, ok = result.samples[0]
+        log.info("step %d eval accuracy %.3f  e.g. %s -> %s (%s)", step, result.accuracy,
+                 prompt, completion, "ok" if ok else "wrong")  # fmt: skip
+        return result.accuracy
+
+    def checkpoint(step: int) -> None:
+        if (run_dir / "checkpoints" / step_dir_name(step)).is_dir():
+            return  # resumed from this very step and trained no further
+        status.set_state("checkpointing")
+        state = TrainState(step, {"numpy_bit_generator": data_rng.bit_generator.state})
+        save_checkpoint(run_dir, step, student.model, student.tokenizer, optimizer, state,
+                        cfg.model_dump(mode="json"), keep_last=cfg.train.keep_last)  # fmt: skip
+        status.mark_checkpoint(step)
+
+    stop = _StopFlag()
+    progress = Progress(cfg.name, cfg.train.steps, start_step, enabled=cfg.train.progress)
+    accuracy_before = evaluate(0) if start_step == 0 else None
+    accuracy = float("nan") if accuracy_before is None else accuracy_before
+    step, evaluated = start_step, True
+    status.set_state("training")
+    try:
+        while step < cfg.train.steps and not stop.requested:
+            metrics = train_step(cfg, step, student, optimizer, data, data_rng, teacher, drafts)
+            step += 1
+            logger.log(step, metrics)
+            status.update_step(step, metrics)
+            progress.advance(metrics)
+            evaluated = step % cfg.train.eval_every == 0 or step == cfg.train.steps
+            if evaluated:
+                accuracy = evaluate(step)
+            if step % cfg.train.checkpoint_every == 0 and step < cfg.train.steps:
+                checkpoint(step)
+            status.set_state("training")
+        if not evaluated:  # stopped early by a signal
+            accuracy = evaluate(step)
+    except TeacherClientError as exc:
+        checkpoint(step)
+        status.set_state("failed", str(exc))
+        raise TrainingAborted(
+            f"teacher at {cfg.teacher.target} unavailable after {cfg.teacher.max_retries} "
+            f"retries: {exc}; checkpoint written at step {step}, rerun the same command to resume"
+        ) from exc
+    finally:
+        progress.close()
+        stop.restore()
+        logger.close()
+        teacher.client.close()
+        if server is not None:
+            server.stop()
+    checkpoint(step)
+    plots = plot_run(run_dir)
+    status.set_state("done" if step >= cfg.train.steps else "stopped")
+    log.info("run %s: %d steps, accuracy %.3f, plots in %s", cfg.name, step, accuracy,
+             run_dir / "plots")  # fmt: skip
+    return RunResult(run_dir, step, accuracy_before, accuracy, tuple(plots),
+                     time.monotonic() - t0, step < cfg.train.steps)  # fmt: skip
+
+
+def train_step(
+    cfg: RunConfig,
+    step: int,
+    student: Student,
+    optimizer: torch.optim.Optimizer,
+    data: Data,
+    data_rng: np.random.Generator,
+    teacher: Teacher,
+    drafts: Drafts,
+) -> dict[str, float]:
+    """One optimizer step, stage by stage; returns its metrics (the run log's keys)."""
+    t_step = time.monotonic()
+    # 1. Prompts, drawn from the seeded sampler (a resumed run draws the same ones).
+    picks = data_rng.choice(len(data.train), size=cfg.rollout.prompts_per_step, replace=True)
+    examples = [data.train[i] for i in picks]
+    prompts = encode_prompts(student.tokenizer, examples)
+
+    # 2. Rollouts. `sft` trains on the teacher's drafts as they are; every other method samples
+    # the student, the first `guidance.fraction` of the prompts continuing a teacher prefix.
+    t0 = time.monotonic()
+    if cfg.loss.method == "sft":
+        sequences = draft_sequences(prompts, drafts.for_step(step, examples, prompts))
+        prefixes = [np.zeros(0, np.int64)] * len(prompts)
+        draft_s, rollout_s = time.monotonic() - t0, 0.0
+    else:
+        prefixes = drafts.prefixes(step, cfg.train.steps, examples, prompts)
+        draft_s = time.monotonic() - t0
+        special_ids = (student.eos_id, student.pad_id)
+        sequences = roll_out(student.model, prompts, prefixes, cfg.rollout, data.max_new_tokens,
+                             special_ids)  # fmt: skip
+        rollout_s = time.monotonic() - t0 - draft_s
+    correct = [
+        data.task.verify(examples[q.prompt_index], decode_text(student.tokenizer, q.response_ids))
+        for q in sequences
+    ]
+
+    # 3. The teacher grades every response token (the `sft` baseline reads no grades).
+    t1 = time.monotonic()
+    grades = Grades([], 0.0, 0.0)
+    scores: list[ScoredSequence | None] = [None] * len(sequences)
+    if needs_teacher_scores(cfg.loss):
+        grades = grade(teacher.client, teacher.info, sequences, cfg.loss)
+        scores = list(grades.scores)
+    teacher_s = draft_s + time.monotonic() - t1
+
+    # 4. Micro-batched forward/backward, clip, AdamW (skipped when non-finite). The trust
+    # test's uniforms are seeded by step, so a resumed run draws the same ones.
+    trust_gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
+    update = apply_update(student.model, optimizer, sequences, scores, cfg.loss, cfg.optim,
+                          trust_gen, student.pad_id)  # fmt: skip
+
+    # 5. Metrics: loss-side names become run-log names (loss_pg -> loss/pg); the token counts
+    # (train/response_tokens on-policy, train/prefix_tokens, train/trained_tokens) come from there.
+    seconds = time.monotonic() - t_step
+    return {
+        **{_metric_key(k): v for k, v in update.metrics.items()},
+        "train/grad_norm": update.grad_norm,
+        "train/skipped": 0.0 if update.applied else 1.0,
+        "train/accuracy": float(np.mean(correct)) if correct else 0.0,
+        "train/guidance_prefix_len": float(np.mean([p.size for p in prefixes])),
+        "perf/tokens_per_s": trained_tokens(sequences) / max(seconds, 1e-9),
+        "perf/step_s": seconds,
+        "perf/rollout_s": rollout_s,
+        "perf/teacher_s": teacher_s,
+        "perf/teacher_queue_s": grades.queue_seconds,
+        "perf/teacher_compute_s": grades.compute_seconds,
+    }
+
+
+def _metric_key(loss_key: str) -> str:
+    """loss_pg -> loss/pg, trust_frac -> train/trust_fraction, other -> train/other."""
+    if loss_key.startswith("loss_"):
+        return "loss/" + loss_key.removeprefix("loss_")
+    return "train/" + {"trust_frac": "trust_fraction"}.get(loss_key, loss_key)
 
 
 class _StopFlag:
@@ -69,134 +253,3 @@ class _StopFlag:
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def _checkpoint(s: Session, step: int, data_rng: np.random.Generator) -> None:
-    if (s.run_dir / "checkpoints" / step_dir_name(step)).is_dir():
-        return  # resumed from this very step and trained no further
-    s.status.set_state("checkpointing")
-    state = TrainState(step=step, data_state={"numpy_bit_generator": data_rng.bit_generator.state})
-    save_checkpoint(
-        s.run_dir,
-        step,
-        s.model,
-        s.tokenizer,
-        s.optimizer,
-        state,
-        s.cfg.model_dump(mode="json"),
-        keep_last=s.cfg.train.keep_last,
-    )
-    s.status.mark_checkpoint(step)
-
-
-def _evaluate(s: Session, step: int, logger: RunLogger) -> float:
-    s.status.set_state("evaluating")
-    result = evaluate_student(s.model, s.tokenizer, s.task, s.eval_examples)
-    logger.log(step, {"eval/accuracy": result.accuracy})
-    s.status.update_eval(step, result.accuracy)
-    prompt, completion, ok = result.samples[0]
-    log.info(
-        "step %d eval accuracy %.3f  e.g. %s -> %s (%s)",
-        step,
-        result.accuracy,
-        prompt,
-        completion,
-        "ok" if ok else "wrong",
-    )
-    return result.accuracy
-
-
-def _resume(s: Session) -> tuple[int, np.random.Generator]:
-    """The step to start from and the prompt sampler, from the newest good checkpoint if any."""
-    data_rng = np.random.default_rng(s.cfg.train.seed)
-    latest = find_latest_checkpoint(s.run_dir) if s.cfg.train.resume else None
-    if latest is None:
-        torch.manual_seed(s.cfg.train.seed)  # rollouts sample from the global torch RNG
-        return 0, data_rng
-    state = load_checkpoint(latest, s.model, s.optimizer)  # restores the RNGs too
-    data_rng.bit_generator.state = state.data_state["numpy_bit_generator"]
-    log.info("resumed from %s (step %d)", latest, state.step)
-    return state.step, data_rng
-
-
-def _train_step(s: Session, step: int, data_rng: np.random.Generator) -> dict[str, float]:
-    """One optimizer step; returns its metrics."""
-    t_step = time.monotonic()
-    # 1-3. Prompts, guidance drafts, student rollouts and the teacher's grades.
-    batch = steps.collect(s, step, data_rng)
-    # 4. Micro-batched forward/backward, clip, AdamW (skipped when non-finite). The trust
-    # test's uniforms are seeded by step, so a resumed run draws the same ones.
-    trust_gen = torch.Generator().manual_seed(s.cfg.train.seed * 1_000_003 + step)
-    update = apply_update(
-        s.model, s.optimizer, batch.sequences, batch.scores, s.cfg.loss, s.cfg.optim,
-        trust_gen, s.pad_id,
-    )  # fmt: skip
-    return steps.step_metrics(batch, update, time.monotonic() - t_step)
-
-
-def train(cfg: RunConfig) -> RunResult:
-    """Run (or resume) one training job to completion, a stop signal, or a teacher outage."""
-    t0 = time.monotonic()
-    s = open_session(cfg)  # models, task, teacher checks, optimizer, run dir, status server
-    try:
-        return _run(s, t0)
-    finally:
-        s.close()
-
-
-def _run(s: Session, t0: float) -> RunResult:
-    cfg = s.cfg
-    (s.run_dir / "config.yaml").write_text(dump_config(cfg))
-    start_step, data_rng = _resume(s)
-    logger = RunLogger(s.run_dir, tensorboard=cfg.train.tensorboard, resume_step=start_step)
-    accuracy_before = _evaluate(s, 0, logger) if start_step == 0 else None
-    accuracy = accuracy_before if accuracy_before is not None else float("nan")
-    step, evaluated = start_step, True
-    stop = _StopFlag()
-    progress = steps.progress_bar(cfg, start_step)
-    s.status.set_state("training")
-    try:
-        while step < cfg.train.steps and not stop.requested:
-            metrics = _train_step(s, step, data_rng)
-            step += 1
-            logger.log(step, metrics)
-            s.status.update_step(step, metrics)
-            steps.advance(progress, metrics)
-            evaluated = step % cfg.train.eval_every == 0 or step == cfg.train.steps
-            if evaluated:
-                accuracy = _evaluate(s, step, logger)
-            if step % cfg.train.checkpoint_every == 0 and step < cfg.train.steps:
-                _checkpoint(s, step, data_rng)
-            s.status.set_state("training")
-        if not evaluated:  # stopped early by a signal
-            accuracy = _evaluate(s, step, logger)
-    except TeacherClientError as exc:
-        _checkpoint(s, step, data_rng)
-        s.status.set_state("failed", str(exc))
-        raise TrainingAborted(
-            f"teacher at {cfg.teacher.target} unavailable after {cfg.teacher.max_retries} "
-            f"retries: {exc}; checkpoint written at step {step}, rerun the same command to resume"
-        ) from exc
-    finally:
-        progress.close()
-        stop.restore()
-        logger.close()
-    _checkpoint(s, step, data_rng)
-    plots = plot_run(s.run_dir)
-    s.status.set_state("done" if step >= cfg.train.steps else "stopped")
-    log.info(
-        "run %s: %d steps, accuracy %.3f, plots in %s",
-        cfg.name,
-        step,
-        accuracy,
-        s.run_dir / "plots",
-    )
-    return RunResult(
-        run_dir=s.run_dir,
-        steps_done=step,
-        accuracy_before=accuracy_before,
-        accuracy_after=accuracy,
-        plots=tuple(plots),
-        wall_s=time.monotonic() - t0,
-        stopped_early=step < cfg.train.steps,
-    )

@@ -14,6 +14,9 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from tropd.trainer.batch import TrainSequence
+from tropd.trainer.config import RolloutConfig
+
 
 @dataclass(frozen=True)
 class Completion:
@@ -91,6 +94,53 @@ def sample_completions(
     return _truncate_at_eos(
         new_B_N.cpu(), logprobs_B_N.squeeze(-1).cpu(), samples_per_context, eos_id
     )
+
+
+def roll_out(
+    model: PreTrainedModel,
+    prompts: Sequence[Sequence[int]],
+    prefixes: Sequence[np.ndarray],
+    cfg: RolloutConfig,
+    max_new_tokens: int,
+    special_ids: tuple[int, int],
+) -> list[TrainSequence]:
+    """The step's rollouts: `cfg.samples_per_prompt` responses per prompt, each opening with its
+    prompt's guidance prefix (empty for unguided prompts) and continued by the student.
+
+    Args:
+        prompts, prefixes: token ids per prompt, aligned; a prefix holds no eos.
+        max_new_tokens: the response budget; a prefix counts against it, so a guided response
+            is never longer than an unguided one.
+        special_ids: the tokenizer's (eos, pad) ids.
+    Returns:
+        len(prompts) * samples_per_prompt sequences, grouped by prompt.
+    """
+    eos_id, pad_id = special_ids
+    contexts = [list(p) + prefix.tolist() for p, prefix in zip(prompts, prefixes, strict=True)]
+    completions = sample_completions(
+        model,
+        contexts,
+        cfg.samples_per_prompt,
+        max_new_tokens - min(int(p.size) for p in prefixes),
+        eos_id,
+        pad_id,
+        temperature=cfg.temperature,
+    )
+    sequences = []
+    for c in completions:
+        prompt, prefix = prompts[c.context_index], prefixes[c.context_index]
+        response = np.concatenate([prefix, c.ids])[:max_new_tokens]
+        behavior = np.concatenate([np.full(prefix.size, np.nan, np.float32), c.behavior_logprobs])
+        sequences.append(
+            TrainSequence(
+                prompt_index=c.context_index,
+                context_len=len(prompt),
+                ids=np.concatenate([np.asarray(prompt, np.int64), response]),
+                prefix_len=int(prefix.size),
+                behavior_logprobs=behavior[: response.size],
+            )
+        )
+    return sequences
 
 
 def _max_positions(model: PreTrainedModel) -> int:

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
@@ -162,3 +164,26 @@ def _plain(key: str, value: Any) -> Value:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     raise TypeError(f"metric {key!r} has type {type(value).__name__}; expected a number or str")
+
+
+class Progress:
+    """The run's progress bar (tqdm on stderr), showing the step's accuracy, trust, grad norm
+    and throughput; prints nothing when disabled (`train.progress=false`)."""
+
+    def __init__(self, name: str, total_steps: int, start_step: int, enabled: bool) -> None:
+        self._bar = tqdm(total=total_steps, initial=start_step, desc=name, unit="step",
+                         disable=not enabled, dynamic_ncols=True)  # fmt: skip
+
+    def advance(self, metrics: Mapping[str, float]) -> None:
+        shown = {
+            "acc": metrics.get("train/accuracy"),
+            "trust": metrics.get("train/trust_fraction"),
+            "gnorm": metrics.get("train/grad_norm"),
+            "tok/s": metrics.get("perf/tokens_per_s"),
+        }
+        self._bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items() if v is not None},
+                              refresh=False)  # fmt: skip
+        self._bar.update(1)
+
+    def close(self) -> None:
+        self._bar.close()

@@ -1,8 +1,10 @@
 """Everything a run needs before step 0, and every refusal that belongs before step 0.
 
-Loads the student and its tokenizer, the task, connects to the teacher, and checks that the two
-can work together: same tokenizer (fingerprint and vocabulary size), and a teacher that offers
-what the loss needs (top-k, entropy). Each refusal says which side differs and how to fix it.
+Small constructors the loop calls in order: `load_student`, `load_data`, `connect_teacher`
+(which checks that student and teacher can work together: same tokenizer, fingerprint and
+vocabulary size, and a teacher that offers what the loss needs), `drafts_source`,
+`make_optimizer`, `start_status`. Each refusal is a SetupError that says which side differs
+and how to fix it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import numpy as np
 import torch
 from transformers import (
     AutoModelForCausalLM,
@@ -25,10 +26,10 @@ from transformers import (
 
 from tropd.teacher.client import TeacherClient, TeacherInfo, TeacherRpcError, tls_credentials
 from tropd.teacher.fingerprint import fingerprint_of
-from tropd.trainer.config import RunConfig, TaskConfig
+from tropd.trainer.config import OptimConfig, RunConfig, TaskConfig
 from tropd.trainer.errors import SetupError
-from tropd.trainer.guidance import load_drafts
-from tropd.trainer.losses import needs_teacher_entropy, needs_topk
+from tropd.trainer.guidance import Drafts, load_drafts
+from tropd.trainer.losses import needs_topk, unmet_teacher_needs
 from tropd.trainer.status_server import StatusServer, TrainerStatus
 from tropd.trainer.tasks import TaskError, load_task
 from tropd.trainer.tasks.base import Example, Task
@@ -39,22 +40,12 @@ log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-@dataclass
-class Session:
-    cfg: RunConfig
-    run_dir: Path
+@dataclass(frozen=True)
+class Student:
+    """The model being trained and its tokenizer (the optimizer is the loop's)."""
+
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
-    task: Task
-    train_examples: list[Example]
-    eval_examples: list[Example]
-    client: TeacherClient
-    teacher: TeacherInfo
-    optimizer: torch.optim.Optimizer
-    status: TrainerStatus
-    server: StatusServer | None
-    max_new_tokens: int
-    draft_table: dict[str, np.ndarray] | None  # guidance drafts from a file, by prompt text
 
     @property
     def pad_id(self) -> int:
@@ -64,10 +55,27 @@ class Session:
     def eos_id(self) -> int:
         return int(self.tokenizer.eos_token_id)
 
-    def close(self) -> None:
-        self.client.close()
-        if self.server is not None:
-            self.server.stop()
+    @property
+    def vocab_rows(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """A connected, checked teacher: the client and what the teacher said of itself."""
+
+    client: TeacherClient
+    info: TeacherInfo
+
+
+@dataclass(frozen=True)
+class Data:
+    """The task, its examples, and the response budget of every rollout."""
+
+    task: Task
+    train: list[Example]
+    eval: list[Example]
+    max_new_tokens: int
 
 
 def resolve_model_path(path: str) -> str:
@@ -111,7 +119,7 @@ def task_from_config(cfg: TaskConfig) -> Task:
         raise SetupError(str(exc)) from exc
 
 
-def load_student(cfg: RunConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_student(cfg: RunConfig) -> Student:
     path = resolve_model_path(cfg.student.path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -120,7 +128,7 @@ def load_student(cfg: RunConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
         raise SetupError(f"cannot load the student from {path!r}: {exc}") from exc
     if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
         raise SetupError(f"student tokenizer at {path} needs both a pad and an eos token")
-    return model.to(cfg.student.device), tokenizer  # type: ignore[arg-type]  # transformers stub
+    return Student(model.to(cfg.student.device), tokenizer)  # type: ignore[arg-type]
 
 
 def check_teacher(
@@ -140,12 +148,11 @@ def check_teacher(
             f"vocabulary size mismatch: the student's output layer has {vocab_rows} rows, "
             f"the teacher's has {info.vocab_size}"
         )
-    if needs_topk(cfg.loss) and not info.capabilities.top_k:
-        raise SetupError(
-            f"loss {cfg.loss.method!r} needs the teacher's top-k log-probs, which the "
-            f"{info.backend!r} teacher backend does not provide; use opd, or tropd with "
-            "loss.outlier=mask or clip"
-        )
+    unmet = unmet_teacher_needs(
+        cfg.loss, has_topk=info.capabilities.top_k, has_entropy=info.capabilities.entropy
+    )
+    if unmet is not None:
+        raise SetupError(f"the {info.backend!r} teacher backend cannot serve this run: {unmet}")
     if needs_topk(cfg.loss) and min(cfg.loss.topk, info.vocab_size) > info.limits.max_top_k:
         raise SetupError(
             f"loss.topk={cfg.loss.topk} is above the teacher's max top-k {info.limits.max_top_k}"
@@ -160,25 +167,20 @@ def check_teacher(
             "write them with a generating teacher (`tropd-train generate-drafts`) and set "
             "guidance.source=file, or turn guidance off"
         )
-    if needs_teacher_entropy(cfg.loss) and not info.capabilities.entropy:
-        raise SetupError(
-            f"loss {cfg.loss.method!r} needs teacher entropies; "
-            f"the {info.backend!r} backend has none"
-        )
 
 
-def _draft_table(cfg: RunConfig) -> dict[str, np.ndarray] | None:
-    """The drafts file's table when guidance reads drafts from a file (config-validated)."""
-    path = cfg.guidance.drafts_file
-    return load_drafts(path) if cfg.guidance.source == "file" and path else None
-
-
-def open_session(cfg: RunConfig) -> Session:
-    """Load and check everything; start the status server. Raises SetupError on a refusal."""
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    model, tokenizer = load_student(cfg)
+def load_data(cfg: RunConfig) -> Data:
     task = task_from_config(cfg.task)
+    return Data(
+        task=task,
+        train=list(task.train_examples()),
+        eval=list(task.eval_examples())[: cfg.task.eval_size],
+        max_new_tokens=cfg.rollout.max_new_tokens or task.max_new_tokens,
+    )
+
+
+def connect_teacher(cfg: RunConfig, student: Student) -> Teacher:
+    """Wait for the teacher, then refuse it unless it fits this student and loss (SetupError)."""
     token = cfg.teacher.token or os.environ.get("TEACHER_TOKEN")
     try:
         credentials = tls_credentials(
@@ -193,35 +195,37 @@ def open_session(cfg: RunConfig) -> Session:
         max_retries=cfg.teacher.max_retries,
         credentials=credentials,
     )
-    info = wait_for_teacher(client, cfg.teacher.wait_ready_s)
-    check_teacher(cfg, info, tokenizer, model.get_output_embeddings().weight.shape[0])
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=cfg.optim.lr,
-        betas=cfg.optim.betas,
-        weight_decay=cfg.optim.weight_decay,
+    try:
+        info = wait_for_teacher(client, cfg.teacher.wait_ready_s)
+        check_teacher(cfg, info, student.tokenizer, student.vocab_rows)
+    except SetupError:
+        client.close()
+        raise
+    return Teacher(client, info)
+
+
+def drafts_source(cfg: RunConfig, teacher: Teacher, data: Data, student: Student) -> Drafts:
+    """Guidance drafts from the drafts file (read now, so a bad file fails before step 0) or
+    from the teacher."""
+    path = cfg.guidance.drafts_file
+    table = load_drafts(path) if cfg.guidance.source == "file" and path else None
+    return Drafts(
+        cfg.guidance, teacher.client, table, cfg.train.seed, data.max_new_tokens, student.eos_id
     )
-    run_dir = Path(cfg.train.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def make_optimizer(model: PreTrainedModel, cfg: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+    )
+
+
+def start_status(cfg: RunConfig, run_dir: Path) -> tuple[TrainerStatus, StatusServer | None]:
+    """The run's live status, served on `train.status_port` when one is set."""
     status = TrainerStatus(run_name=cfg.name, run_dir=str(run_dir), total_steps=cfg.train.steps)
-    server = None
-    if cfg.train.status_port is not None:
-        server = StatusServer(status, host=cfg.train.status_host, port=cfg.train.status_port)
-        server.start()
-        log.info("status: http://127.0.0.1:%d/v1/status", server.port)
-    return Session(
-        cfg=cfg,
-        run_dir=run_dir,
-        model=model,
-        tokenizer=tokenizer,
-        task=task,
-        train_examples=list(task.train_examples()),
-        eval_examples=list(task.eval_examples())[: cfg.task.eval_size],
-        client=client,
-        teacher=info,
-        optimizer=optimizer,
-        status=status,
-        server=server,
-        max_new_tokens=cfg.rollout.max_new_tokens or task.max_new_tokens,
-        draft_table=_draft_table(cfg),
-    )
+    if cfg.train.status_port is None:
+        return status, None
+    server = StatusServer(status, host=cfg.train.status_host, port=cfg.train.status_port)
+    server.start()
+    log.info("status: http://127.0.0.1:%d/v1/status", server.port)
+    return status, server

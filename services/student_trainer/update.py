@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 
 from tropd.teacher.client import ScoredSequence
 from tropd.trainer.alignment import gather_positions, response_index
-from tropd.trainer.batch import MicroBatch, TrainSequence, collate
+from tropd.trainer.batch import MicroBatch, TrainSequence, collate, trained_tokens
 from tropd.trainer.config import OptimConfig
 from tropd.trainer.losses import (
     LOSSES,
@@ -103,11 +103,6 @@ def _loss_inputs(
         prefix_mask_B_T=dev(mb.prefix_mask_B_T),
         student_entropy_threshold=entropy_threshold,
     )
-
-
-def trained_tokens(sequences: Sequence[TrainSequence]) -> int:
-    """The step's loss normaliser: every response token, guidance prefix included."""
-    return sum(s.response_len for s in sequences)
 
 
 def apply_update(

@@ -27,6 +27,7 @@ from typing import Any
 
 import grpc
 
+from tropd.errors import ConfigError
 from tropd.teacher.auth import TokensFileError
 from tropd.teacher.client import (
     TeacherClient,
@@ -34,7 +35,7 @@ from tropd.teacher.client import (
     TeacherRpcError,
     TokenizerMismatch,
 )
-from tropd.teacher.config import ConfigError, ServerConfig, env_name, load_config
+from tropd.teacher.config import ServerConfig, env_name, load_config
 
 _BAD_INPUT = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
 
@@ -170,7 +171,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("device", info.device), ("vocab size", info.vocab_size),
         ("tokenizer", info.fingerprint.short()), ("server", info.server_version),
     ]  # fmt: skip
-    rows += [(k.replace("_", " "), v) for k, v in vars(info.limits).items()]
+    # The caps; the vocabulary size and the capabilities have rows of their own.
+    rows += [(k.replace("_", " "), v) for k, v in vars(info.limits).items() if k.startswith("max_")]
     caps = [k for k, v in vars(info.capabilities).items() if v]
     rows.append(("capabilities", ", ".join(caps)))
     for key, value in rows:

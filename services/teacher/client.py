@@ -7,15 +7,19 @@ transformers), so a student job or a notebook can import it anywhere.
     client.check_tokenizer(my_fingerprint)               # TokenizerMismatch if they differ
     rows = client.score([ids], starts=[prompt_len], top_k=20, extras=("entropy",))
     rows[0].logprobs[i]                                  # log-prob of ids[prompt_len + i]
+    rows.timing.queue_seconds                            # how long the request queued
 
-Calls retry UNAVAILABLE, and RESOURCE_EXHAUSTED that carries the server's retry hint (a full
-queue; not a request that is simply too big), with exponential backoff and jitter, within one
-overall deadline per call. Arrays returned are read-only views of the response bytes.
+One blocking client, thread-safe; a caller on an event loop runs it in a thread. Calls retry
+UNAVAILABLE, and RESOURCE_EXHAUSTED that carries the server's retry hint (a full queue; not a
+request that is simply too big), with exponential backoff and jitter, within one overall
+deadline per call. Results are the wire's own value types (`tropd.wire.types`: ScoredSequence,
+Generation, Timing, Limits, Capabilities), re-exported here; their arrays are read-only views
+of the response bytes.
 """
 
 from __future__ import annotations
 
-import asyncio
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -24,15 +28,9 @@ import grpc
 
 from tropd.teacher.client_codec import (
     EXTRAS,
-    Capabilities,
-    ClientBase,
-    Generation,
     Generations,
-    Limits,
     RetryPolicy,
-    ScoredSequence,
     ScoreResults,
-    ServerTiming,
     TeacherClientError,
     TeacherInfo,
     TeacherRpcError,
@@ -40,18 +38,17 @@ from tropd.teacher.client_codec import (
     build_generate_request,
     build_score_request,
     compare_fingerprints,
-    final_error,
     parse_generate,
     parse_info,
     parse_score,
 )
 from tropd.teacher.fingerprint import TokenizerFingerprint
+from tropd.wire.types import Capabilities, Generation, Limits, ScoredSequence, Timing
 from tropd.wire.v1 import teacher_pb2 as pb
 from tropd.wire.v1 import teacher_pb2_grpc as pb_grpc
 
 __all__ = [
     "EXTRAS",
-    "AsyncTeacherClient",
     "Capabilities",
     "Generation",
     "Generations",
@@ -59,18 +56,18 @@ __all__ = [
     "RetryPolicy",
     "ScoreResults",
     "ScoredSequence",
-    "ServerTiming",
     "TeacherClient",
     "TeacherClientError",
     "TeacherInfo",
     "TeacherRpcError",
+    "Timing",
     "TokenizerFingerprint",
     "TokenizerMismatch",
     "tls_credentials",
 ]
 
 
-class TeacherClient(ClientBase):
+class TeacherClient:
     """Blocking client. Thread-safe: one instance may serve many threads."""
 
     def __init__(
@@ -90,18 +87,30 @@ class TeacherClient(ClientBase):
         max_message_bytes: largest message sent or received.
         credentials: TLS credentials; None for a plaintext channel.
         """
-        super().__init__(target, token, timeout, max_retries, max_message_bytes)
+        self.target = target
+        self.timeout = timeout
+        self.retry = RetryPolicy(max_retries=max_retries)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
         self._channel = (
-            grpc.secure_channel(target, credentials, options=self._options)
+            grpc.secure_channel(target, credentials, options=options)
             if credentials is not None
-            else grpc.insecure_channel(target, options=self._options)
+            else grpc.insecure_channel(target, options=options)
         )
         self._stub = pb_grpc.TeacherStub(self._channel)
+        self._expected_sha: str | None = None  # set by check_tokenizer
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> TeacherClient:
         """A client for TEACHER_TARGET, with TEACHER_TOKEN when set; kwargs go to __init__."""
-        return cls(**cls._env_kwargs(environ), **kwargs)
+        env = os.environ if environ is None else environ
+        target = env.get("TEACHER_TARGET")
+        if not target:
+            raise TeacherClientError("TEACHER_TARGET is not set (e.g. TEACHER_TARGET=host:50051)")
+        return cls(target, env.get("TEACHER_TOKEN") or None, **kwargs)
 
     def _call(
         self, name: str, method: Callable[..., Any], request: Any, timeout: float | None
@@ -116,8 +125,17 @@ class TeacherClient(ClientBase):
                 delay = self.retry.delay_s(error, attempt, error.trailing_metadata())
                 attempt += 1
                 if delay is None or time.monotonic() + delay >= deadline:
-                    raise final_error(name, error, attempt) from None
+                    raise TeacherRpcError(
+                        name, error.code(), error.details() or "", attempt
+                    ) from None
                 time.sleep(delay)
+
+    def _check_response(self, sha: str) -> None:
+        if self._expected_sha is not None and sha and sha != self._expected_sha:
+            raise TokenizerMismatch(
+                f"the teacher now answers with tokenizer {sha[:12]}, not the checked "
+                f"{self._expected_sha[:12]}: it was replaced by a different model"
+            )
 
     def info(self, timeout: float | None = None) -> TeacherInfo:
         """What the teacher serves: model, tokenizer fingerprint, limits, capabilities."""
@@ -218,112 +236,6 @@ class TeacherClient(ClientBase):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class AsyncTeacherClient(ClientBase):
-    """asyncio client with the same methods as TeacherClient, as coroutines."""
-
-    def __init__(
-        self,
-        target: str,
-        token: str | None = None,
-        timeout: float = 60.0,
-        max_retries: int = 5,
-        max_message_bytes: int = 512 * 1024 * 1024,
-        credentials: grpc.ChannelCredentials | None = None,
-    ) -> None:
-        """Args: as `TeacherClient`. Create it inside the event loop that will use it."""
-        super().__init__(target, token, timeout, max_retries, max_message_bytes)
-        self._channel = (
-            grpc.aio.secure_channel(target, credentials, options=self._options)
-            if credentials is not None
-            else grpc.aio.insecure_channel(target, options=self._options)
-        )
-        self._stub = pb_grpc.TeacherStub(self._channel)
-
-    @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **kwargs: Any
-    ) -> AsyncTeacherClient:
-        """A client for TEACHER_TARGET, with TEACHER_TOKEN when set; kwargs go to __init__."""
-        return cls(**cls._env_kwargs(environ), **kwargs)
-
-    async def _call(
-        self, name: str, method: Callable[..., Any], request: Any, timeout: float | None
-    ) -> Any:
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        attempt = 0
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                return await method(request, timeout=max(remaining, 0.001), metadata=self._metadata)
-            except grpc.aio.AioRpcError as error:
-                delay = self.retry.delay_s(error, attempt, error.trailing_metadata())
-                attempt += 1
-                if delay is None or time.monotonic() + delay >= deadline:
-                    raise final_error(name, error, attempt) from None
-                await asyncio.sleep(delay)
-
-    async def info(self, timeout: float | None = None) -> TeacherInfo:
-        """See `TeacherClient.info`."""
-        message = await self._call(
-            "GetModelInfo", self._stub.GetModelInfo, pb.GetModelInfoRequest(), timeout
-        )
-        return parse_info(message)
-
-    async def check_tokenizer(self, fingerprint: TokenizerFingerprint) -> TeacherInfo:
-        """See `TeacherClient.check_tokenizer`."""
-        info = await self.info()
-        compare_fingerprints(fingerprint, info.fingerprint)
-        self._expected_sha = info.fingerprint.sha256
-        return info
-
-    async def score(
-        self,
-        sequences: Sequence[Any],
-        starts: int | Sequence[int],
-        ends: int | Sequence[int] | None = None,
-        top_k: int = 0,
-        candidates: Sequence[Any | None] | None = None,
-        extras: Iterable[str] = (),
-        logprob_dtype: str = "float32",
-        timeout: float | None = None,
-    ) -> ScoreResults:
-        """See `TeacherClient.score`."""
-        request = build_score_request(
-            sequences, starts, ends, top_k, candidates, extras, logprob_dtype
-        )
-        response = await self._call("Score", self._stub.Score, request, timeout)
-        self._check_response(response.tokenizer_sha256)
-        return parse_score(response)
-
-    async def generate(
-        self,
-        prompts: Sequence[Any],
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop_ids: Iterable[int] = (),
-        logprob_dtype: str = "float32",
-        timeout: float | None = None,
-    ) -> Generations:
-        """See `TeacherClient.generate`."""
-        request = build_generate_request(
-            prompts, max_new_tokens, temperature, top_p, seed, stop_ids, logprob_dtype
-        )
-        response = await self._call("Generate", self._stub.Generate, request, timeout)
-        self._check_response(response.tokenizer_sha256)
-        return parse_generate(response)
-
-    async def close(self) -> None:
-        await self._channel.close()
-
-    async def __aenter__(self) -> AsyncTeacherClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
 
 def tls_credentials(

@@ -1,15 +1,15 @@
-"""Light building blocks of `tropd.teacher.client`: result types, errors, request/response codecs.
+"""Light building blocks of `tropd.teacher.client`: results, errors, codecs, the retry policy.
 
 Pure functions and frozen dataclasses over `tropd.wire` (numpy and grpc only; no torch, no
-transformers). The blocking and asyncio clients in `tropd.teacher.client` share
-them, so both speak exactly the same wire format and retry policy.
+transformers), kept apart from the channel so they are tested without a server. Scores,
+generations, limits, capabilities and timing are the wire's own types (`tropd.wire.types`), the
+ones the server fills in.
 """
 
 from __future__ import annotations
 
-import os
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +18,16 @@ import numpy as np
 
 from tropd.teacher.fingerprint import TokenizerFingerprint
 from tropd.wire import codec as wire
+from tropd.wire.types import (
+    RETRY_AFTER_KEY,
+    Capabilities,
+    Generation,
+    Limits,
+    ScoredSequence,
+    Timing,
+)
 from tropd.wire.v1 import teacher_pb2 as pb
 
-RETRY_AFTER_KEY = "retry-after-ms"  # trailing metadata set by the server (teacher.errors)
 EXTRAS = ("logsumexp", "entropy", "rank")
 _DTYPES: dict[str, pb.DType] = {"float32": pb.DTYPE_FLOAT32, "float16": pb.DTYPE_FLOAT16}
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -46,26 +53,6 @@ class TokenizerMismatch(TeacherClientError):
 
 
 @dataclass(frozen=True)
-class Capabilities:
-    score: bool
-    top_k: bool
-    candidates: bool
-    logsumexp: bool
-    entropy: bool
-    rank: bool
-    generate: bool
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_sequence_length: int
-    max_top_k: int
-    max_candidates: int
-    max_request_tokens: int
-    max_new_tokens: int
-
-
-@dataclass(frozen=True)
 class TeacherInfo:
     """What the teacher is (`GetModelInfo`)."""
 
@@ -74,53 +61,32 @@ class TeacherInfo:
     backend: str
     dtype: str
     device: str
-    vocab_size: int  # rows of the model's output layer
     fingerprint: TokenizerFingerprint
-    limits: Limits
-    capabilities: Capabilities
+    limits: Limits  # what requests may ask for: vocabulary, caps, capabilities
     server_version: str
 
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the model's output layer."""
+        return self.limits.vocab_size
 
-@dataclass(frozen=True)
-class ScoredSequence:
-    """Scores of one sequence; row i is about ids[start + i]. Unrequested fields are None."""
-
-    logprobs: np.ndarray  # [m] float32 or float16
-    topk_ids: np.ndarray | None = None  # int32 [m, k], best first
-    topk_logprobs: np.ndarray | None = None  # [m, k]
-    candidate_logprobs: np.ndarray | None = None  # [m, C]
-    logsumexp: np.ndarray | None = None  # float32 [m]
-    entropy: np.ndarray | None = None  # float32 [m], nats
-    rank: np.ndarray | None = None  # int32 [m], 0 = the teacher's argmax
-
-
-@dataclass(frozen=True)
-class ServerTiming:
-    """Where the teacher's time went for one request, in seconds (zeros from older servers)."""
-
-    queue_seconds: float = 0.0  # longest wait of the request's sequences for their batch
-    compute_seconds: float = 0.0  # forward time of the batches that carried them
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.limits.capabilities
 
 
 class ScoreResults(list[ScoredSequence]):
     """The answer of `score`: one ScoredSequence per sequence, plus the server's `timing`."""
 
-    def __init__(self, items: Iterable[ScoredSequence], timing: ServerTiming) -> None:
+    def __init__(self, items: Iterable[ScoredSequence], timing: Timing) -> None:
         super().__init__(items)
         self.timing = timing
-
-
-@dataclass(frozen=True)
-class Generation:
-    ids: np.ndarray  # int32 [m], generated tokens only
-    logprobs: np.ndarray  # [m], untempered teacher log-prob of each generated token
-    finish_reason: str  # "length" or "stop"
 
 
 class Generations(list[Generation]):
     """The answer of `generate`: one Generation per prompt, plus the server's `timing`."""
 
-    def __init__(self, items: Iterable[Generation], timing: ServerTiming) -> None:
+    def __init__(self, items: Iterable[Generation], timing: Timing) -> None:
         super().__init__(items)
         self.timing = timing
 
@@ -205,61 +171,29 @@ def build_generate_request(
     )
 
 
-def _array(result: Any, name: str) -> np.ndarray | None:
-    return wire.from_tensor(getattr(result, name), field=name) if result.HasField(name) else None
-
-
-def _timing(message: pb.Timing) -> ServerTiming:
-    return ServerTiming(message.queue_seconds, message.compute_seconds)
-
-
 def parse_score(response: pb.ScoreResponse) -> ScoreResults:
     """Decode a ScoreResponse into one ScoredSequence per item, plus the server's timing."""
-    fields = ("topk_ids", "topk_logprobs", "candidate_logprobs", "logsumexp", "entropy", "rank")
-    scored = (
-        ScoredSequence(
-            logprobs=wire.from_tensor(r.logprobs, field="logprobs"),
-            **{name: _array(r, name) for name in fields},
-        )
-        for r in response.results
-    )
-    return ScoreResults(scored, _timing(response.timing))
+    scored = (ScoredSequence.from_proto(r) for r in response.results)
+    return ScoreResults(scored, Timing.from_proto(response.timing))
 
 
 def parse_generate(response: pb.GenerateResponse) -> Generations:
     """Decode a GenerateResponse into one Generation per prompt, plus the server's timing."""
-    generated = (
-        Generation(
-            wire.from_tensor(r.ids, pb.DTYPE_INT32, 1, field="ids"),
-            wire.from_tensor(r.logprobs, field="logprobs"),
-            r.finish_reason,
-        )
-        for r in response.results
-    )
-    return Generations(generated, _timing(response.timing))
+    generated = (Generation.from_proto(r) for r in response.results)
+    return Generations(generated, Timing.from_proto(response.timing))
 
 
 def parse_info(message: pb.ModelInfo) -> TeacherInfo:
     """Decode a ModelInfo message."""
-    t, c = message.tokenizer, message.capabilities
+    t = message.tokenizer
     return TeacherInfo(
         model_id=message.model_id,
         revision=message.revision,
         backend=message.backend,
         dtype=message.dtype,
         device=message.device,
-        vocab_size=message.vocab_size,
         fingerprint=TokenizerFingerprint(t.sha256, t.vocab_size, t.bos_id, t.eos_id, t.pad_id),
-        limits=Limits(
-            message.max_sequence_length,
-            message.max_top_k,
-            message.max_candidates,
-            message.max_request_tokens,
-            message.max_new_tokens,
-        ),
-        capabilities=Capabilities(
-            c.score, c.top_k, c.candidates, c.logsumexp, c.entropy, c.rank, c.generate
-        ),
+        limits=Limits.from_model_info(message),
         server_version=message.server_version,
     )
 
@@ -292,46 +226,3 @@ class RetryPolicy:
         if hint is not None:
             return float(hint) / 1000 * random.uniform(1.0, 1.25)
         return random.uniform(0, min(self.max_s, self.base_s * 2**attempt))
-
-
-def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    return [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-    ]
-
-
-class ClientBase:
-    def __init__(
-        self,
-        target: str,
-        token: str | None,
-        timeout: float,
-        max_retries: int,
-        max_message_bytes: int,
-    ) -> None:
-        self.target = target
-        self.timeout = timeout
-        self.retry = RetryPolicy(max_retries=max_retries)
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._options = _channel_options(max_message_bytes)
-        self._expected_sha: str | None = None
-
-    def _check_response(self, sha: str) -> None:
-        if self._expected_sha is not None and sha and sha != self._expected_sha:
-            raise TokenizerMismatch(
-                f"the teacher now answers with tokenizer {sha[:12]}, not the checked "
-                f"{self._expected_sha[:12]}: it was replaced by a different model"
-            )
-
-    @classmethod
-    def _env_kwargs(cls, environ: Mapping[str, str] | None) -> dict[str, Any]:
-        env = os.environ if environ is None else environ
-        target = env.get("TEACHER_TARGET")
-        if not target:
-            raise TeacherClientError("TEACHER_TARGET is not set (e.g. TEACHER_TARGET=host:50051)")
-        return {"target": target, "token": env.get("TEACHER_TOKEN") or None}
-
-
-def final_error(method: str, error: grpc.RpcError, attempts: int) -> TeacherRpcError:
-    return TeacherRpcError(method, error.code(), error.details() or "", attempts)

@@ -22,13 +22,10 @@ from pydantic import (
     model_validator,
 )
 
+from tropd.errors import ConfigError
 from tropd.teacher.backends import BACKENDS
 
 ENV_PREFIX = "TEACHER_"
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing or invalid; the message names the field and source."""
 
 
 class ServerConfig(BaseModel):
@@ -129,10 +126,6 @@ class ServerConfig(BaseModel):
                 f"max_queue_tokens ({self.max_queue_tokens}): such a request could never queue"
             )
         return self
-
-    @property
-    def resolved_model_id(self) -> str:
-        return self.model_id or self.model
 
     def to_json(self) -> str:
         """The resolved configuration as one JSON line (printed at start-up); secrets masked."""

@@ -1,9 +1,11 @@
-"""The teacher server's one exception hierarchy and its mapping to gRPC status codes.
+"""The teacher server's one exception hierarchy, and the one table of its statuses.
 
-Every failure the server can explain is a `TeacherError` subclass carrying its status code, a
-message a person can act on (naming the index, field, value and limit) and a short `reason`
-label for the rejection metrics. `to_status` is the single place where an exception becomes a
-gRPC status; anything that is not a `TeacherError` becomes INTERNAL, never UNKNOWN.
+Every failure the server can explain is a `TeacherError` subclass carrying its gRPC status
+code, its HTTP status (for the side port's routes), a message a person can act on (naming the
+index, field, value and limit) and a short `reason` label for the rejection metrics. The
+subclasses below are the table: nothing else picks a status for them. `to_status` is the single
+place where an exception becomes a gRPC status; anything that is not a `TeacherError` becomes
+INTERNAL, never UNKNOWN. See docs/architecture.md#errors.
 """
 
 from __future__ import annotations
@@ -12,15 +14,16 @@ from dataclasses import dataclass
 
 import grpc
 
-# Trailing-metadata key carrying the server's retry hint in milliseconds. Keys starting with
-# "grpc-" are reserved for the transport, so this is a plain application key.
-RETRY_AFTER_KEY = "retry-after-ms"
+from tropd.wire.types import RETRY_AFTER_KEY
 
 
 class TeacherError(Exception):
     """Base of every error the server reports to a client with a specific status code."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    # 424 is TGI's status for a failed generation: the TGI-compatible routes report every error
+    # without an HTTP status of its own (deadline, cancelled, internal) that way.
+    http_status: int = 424
     default_reason: str = "internal"
 
     def __init__(self, message: str, *, reason: str | None = None) -> None:
@@ -33,6 +36,7 @@ class InvalidArgument(TeacherError):
     """The request is malformed or violates a documented limit; retrying will not help."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
+    http_status = 422
     default_reason = "invalid_argument"
 
 
@@ -40,6 +44,7 @@ class ResourceExhausted(TeacherError):
     """The server cannot take this work now (queue full, request too big); may carry a hint."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 429
     default_reason = "resource_exhausted"
 
     def __init__(
@@ -53,6 +58,7 @@ class Unavailable(TeacherError):
     """The server is not ready (loading, warming up) or is draining; retry elsewhere or later."""
 
     code = grpc.StatusCode.UNAVAILABLE
+    http_status = 503
     default_reason = "unavailable"
 
     def __init__(
@@ -66,6 +72,7 @@ class Unauthenticated(TeacherError):
     """No job token, or one the tokens file does not know; the message never echoes the token."""
 
     code = grpc.StatusCode.UNAUTHENTICATED
+    http_status = 401
     default_reason = "unauthenticated"
 
 
@@ -73,6 +80,7 @@ class PermissionDenied(TeacherError):
     """A known job asked for something its tokens-file entry does not allow (e.g. Generate)."""
 
     code = grpc.StatusCode.PERMISSION_DENIED
+    http_status = 403
     default_reason = "permission_denied"
 
 
@@ -80,6 +88,7 @@ class FailedPrecondition(TeacherError):
     """The request is well formed but the server's state forbids it (e.g. tokenizer mismatch)."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+    http_status = 422
     default_reason = "failed_precondition"
 
 
@@ -87,6 +96,7 @@ class Unimplemented(TeacherError):
     """The backend cannot do what was asked (e.g. top-k on a backend without it)."""
 
     code = grpc.StatusCode.UNIMPLEMENTED
+    http_status = 422
     default_reason = "unimplemented"
 
 

@@ -62,7 +62,7 @@ def build_app(state: ServerState) -> FastAPI:
             state.auth.authenticate(request.headers.get("authorization"))
         except TeacherError as exc:
             headers = {"WWW-Authenticate": "Bearer"}
-            return JSONResponse({"error": exc.message}, status_code=401, headers=headers)
+            return JSONResponse({"error": exc.message}, exc.http_status, headers=headers)
         return JSONResponse(state.jobs_dict())
 
     app.include_router(tgi_router(state))

@@ -25,13 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tropd.teacher.auth import ANONYMOUS, Job
-from tropd.teacher.backends.base import (
-    Backend,
-    GenerateOutput,
-    GenerateTask,
-    ScoreOutput,
-    ScoreTask,
-)
+from tropd.teacher.backends.base import Backend, GenerateTask, ScoreTask
 from tropd.teacher.batching import BatchPlanner, Kind, WorkItem, padded_tokens
 from tropd.teacher.errors import (
     Cancelled,
@@ -41,6 +35,7 @@ from tropd.teacher.errors import (
     TeacherError,
     Unavailable,
 )
+from tropd.wire.types import Generation, ScoredSequence, Timing
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +108,6 @@ class JobLoad:
     queued_sequences: int
     in_flight_requests: int
     served_tokens: int  # sequence tokens sent to the backend since start
-
-
-@dataclass
-class RequestTiming:
-    """Where the server's time went for one request (filled in by `Scheduler.score`/`generate`)."""
-
-    queue_s: float = 0.0  # longest wait of its sequences before their batch started
-    compute_s: float = 0.0  # forward time of the batches that carried them, each counted once
 
 
 @dataclass(frozen=True)
@@ -218,8 +205,8 @@ class Scheduler:
         tasks: Sequence[ScoreTask],
         deadline: float | None = None,
         job: Job = ANONYMOUS,
-        timing: RequestTiming | None = None,
-    ) -> list[ScoreOutput]:
+        timing: Timing | None = None,
+    ) -> list[ScoredSequence]:
         """Score validated tasks; they may be spread over several batches.
 
         Args:
@@ -228,7 +215,7 @@ class Scheduler:
             job: who asks: its queue, weight and quotas.
             timing: filled in with the request's queue and compute time, if given.
         Returns:
-            One ScoreOutput per task, in order.
+            One ScoredSequence per task, in order.
         Raises:
             ResourceExhausted: over a quota of the job, or the queue is full and the job holds
                 more than its weighted share of it; carries a retry hint unless the request
@@ -245,8 +232,8 @@ class Scheduler:
         tasks: Sequence[GenerateTask],
         deadline: float | None = None,
         job: Job = ANONYMOUS,
-        timing: RequestTiming | None = None,
-    ) -> list[GenerateOutput]:
+        timing: Timing | None = None,
+    ) -> list[Generation]:
         """Generate for validated tasks; like `score`, batched apart from score work.
 
         Args:
@@ -255,7 +242,7 @@ class Scheduler:
             job: who asks (see `score`).
             timing: filled in with the request's queue and compute time, if given.
         Returns:
-            One GenerateOutput per task, in order.
+            One Generation per task, in order.
         """
         lengths = [len(t.prompt) + t.max_new_tokens for t in tasks]
         return await self._submit("generate", tasks, lengths, deadline, job, timing)
@@ -324,7 +311,7 @@ class Scheduler:
         lengths: list[int],
         deadline: float | None,
         job: Job,
-        timing: RequestTiming | None,
+        timing: Timing | None,
     ) -> list[Any]:
         if self._closing:
             self._hooks.on_rejection("draining", job.name)
@@ -352,8 +339,8 @@ class Scheduler:
         finally:
             self._requests[job.name] -= 1
         if timing is not None:
-            timing.queue_s = max(d.wait_s for d in done)
-            timing.compute_s = sum({d.batch: d.forward_s for d in done}.values())
+            timing.queue_seconds = max(d.wait_s for d in done)
+            timing.compute_seconds = sum({d.batch: d.forward_s for d in done}.values())
         return [d.output for d in done]
 
     def _report_depth(self) -> None:

@@ -1,7 +1,7 @@
 """The gRPC servicer: translation only, plus the one place errors become gRPC statuses.
 
 proto request -> `teacher.validation` -> `teacher.scheduler` -> backend outputs -> proto via
-`tropd.wire.codec`. No model code and no queue logic live here. `_rpc` wraps every method: it
+`tropd.wire.types`. No model code and no queue logic live here. `_rpc` wraps every method: it
 authenticates the call's `authorization: Bearer <token>` metadata into a `teacher.auth.Job` and
 checks the job may call the method, refuses work while loading or draining, maps any exception
 through `teacher.errors.to_status` (so nothing reaches a client as UNKNOWN) and counts the call
@@ -18,15 +18,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-import numpy as np
 
 from tropd.teacher.auth import Job, Method
-from tropd.teacher.backends.base import GenerateOutput, ScoreOutput
 from tropd.teacher.errors import TeacherError, to_status
-from tropd.teacher.scheduler import Clock, RequestTiming, Scheduler
+from tropd.teacher.scheduler import Clock, Scheduler
 from tropd.teacher.state import ServerState
-from tropd.teacher.validation import Limits, validate_generate, validate_score
-from tropd.wire import codec as wire
+from tropd.teacher.validation import validate_generate, validate_score
+from tropd.wire.types import Limits, Timing
 from tropd.wire.v1 import teacher_pb2 as pb
 from tropd.wire.v1 import teacher_pb2_grpc as pb_grpc
 
@@ -82,33 +80,6 @@ def _rpc(method: str, right: Method | None) -> Callable[[Handler], Wrapped]:
         return handler
 
     return wrap
-
-
-def _tensor(array: np.ndarray | None, dtype: Any) -> pb.Tensor | None:
-    return None if array is None else wire.to_tensor(array, dtype)
-
-
-def score_result(out: ScoreOutput, logprob_dtype: np.dtype) -> pb.ScoreResult:
-    """One backend ScoreOutput as a proto ScoreResult, log-probs in the requested dtype."""
-    fields = {
-        "logprobs": _tensor(out.logprobs, logprob_dtype),
-        "topk_ids": _tensor(out.topk_ids, np.int32),
-        "topk_logprobs": _tensor(out.topk_logprobs, logprob_dtype),
-        "candidate_logprobs": _tensor(out.candidate_logprobs, logprob_dtype),
-        "logsumexp": _tensor(out.logsumexp, np.float32),
-        "entropy": _tensor(out.entropy, np.float32),
-        "rank": _tensor(out.rank, np.int32),
-    }
-    return pb.ScoreResult(**{k: v for k, v in fields.items() if v is not None})
-
-
-def generate_result(out: GenerateOutput, logprob_dtype: np.dtype) -> pb.GenerateResult:
-    """One backend GenerateOutput as a proto GenerateResult."""
-    return pb.GenerateResult(
-        ids=wire.to_tensor(out.ids, np.int32),
-        logprobs=wire.to_tensor(out.logprobs, logprob_dtype),
-        finish_reason=out.finish_reason,
-    )
 
 
 class TeacherServicer(pb_grpc.TeacherServicer):
@@ -170,17 +141,17 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext, job: Job
     ) -> pb.ScoreResponse:
         work, scheduler = self._validated(validate_score, request, job)
-        timing = RequestTiming()
+        timing = Timing()
         outputs = await scheduler.score(work.tasks, self._deadline(context), job, timing)
         scored = sum(t.num_scored for t in work.tasks)
         self._state.metrics.scored_tokens.inc(scored)
         self._state.metrics.job_scored_tokens.labels(job.name).inc(scored)
         info = self._state.info
         return pb.ScoreResponse(
-            results=[score_result(out, work.logprob_dtype) for out in outputs],
+            results=[out.to_proto(work.logprob_dtype) for out in outputs],
             tokenizer_sha256=info.tokenizer.sha256 if info else "",
             model_id=self._state.model_id,
-            timing=_timing(timing),
+            timing=timing.to_proto(),
         )
 
     @_rpc("Generate", "generate")
@@ -188,19 +159,15 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext, job: Job
     ) -> pb.GenerateResponse:
         work, scheduler = self._validated(validate_generate, request, job)
-        timing = RequestTiming()
+        timing = Timing()
         outputs = await scheduler.generate(work.tasks, self._deadline(context), job, timing)
         generated = sum(len(out.ids) for out in outputs)
         self._state.metrics.generated_tokens.inc(generated)
         self._state.metrics.job_generated_tokens.labels(job.name).inc(generated)
         info = self._state.info
         return pb.GenerateResponse(
-            results=[generate_result(out, work.logprob_dtype) for out in outputs],
+            results=[out.to_proto(work.logprob_dtype) for out in outputs],
             tokenizer_sha256=info.tokenizer.sha256 if info else "",
             model_id=self._state.model_id,
-            timing=_timing(timing),
+            timing=timing.to_proto(),
         )
-
-
-def _timing(timing: RequestTiming) -> pb.Timing:
-    return pb.Timing(queue_seconds=timing.queue_s, compute_seconds=timing.compute_s)

@@ -17,7 +17,7 @@ from tropd.teacher.backends.base import BackendInfo
 from tropd.teacher.config import ServerConfig
 from tropd.teacher.errors import Unavailable
 from tropd.teacher.metrics import TeacherMetrics
-from tropd.teacher.validation import Limits
+from tropd.wire.types import Limits
 from tropd.wire.v1 import teacher_pb2 as pb
 
 if TYPE_CHECKING:
@@ -138,26 +138,13 @@ class ServerState:
         if self.info is None or self.limits is None:
             raise Unavailable("the teacher is still loading its model", reason="loading")
         info, limits = self.info, self.limits
-        fp = info.tokenizer
         return pb.ModelInfo(
             model_id=self.model_id,
             revision=info.revision,
             backend=info.backend,
             dtype=info.dtype,
             device=info.device,
-            vocab_size=info.vocab_size,
-            tokenizer=pb.TokenizerFingerprint(
-                sha256=fp.sha256,
-                vocab_size=fp.vocab_size,
-                bos_id=fp.bos_id,
-                eos_id=fp.eos_id,
-                pad_id=fp.pad_id,
-            ),
-            max_sequence_length=limits.max_sequence_length,
-            max_top_k=limits.max_top_k,
-            max_candidates=limits.max_candidates,
-            max_request_tokens=limits.max_request_tokens,
-            capabilities=pb.Capabilities(**asdict(limits.capabilities)),
+            tokenizer=pb.TokenizerFingerprint(**asdict(info.tokenizer)),
             server_version=tropd.__version__,
-            max_new_tokens=limits.max_new_tokens,
+            **limits.model_info_fields(),  # vocab_size, the caps and the capabilities
         )

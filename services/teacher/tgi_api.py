@@ -14,8 +14,9 @@ batching, queue limits and metrics with gRPC students. Differences from TGI, by 
 Callers authenticate like gRPC students (`authorization: Bearer <job token>`, `teacher.auth`):
 their work runs under their job's fair share and quotas; generating needs the job's `generate`
 right, prompt log-probs and top-n its `score` right. Errors use TGI's body
-`{"error", "error_type"}`: 422 validation, 429 overloaded, 503 unavailable, 424 generation,
-401/403 for a missing or refused token.
+`{"error", "error_type"}` with the HTTP status `teacher.errors` gives each error: 422
+validation, 429 overloaded, 503 unavailable, 424 generation, 401/403 for a missing or refused
+token.
 """
 
 from __future__ import annotations
@@ -33,16 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import tropd
 from tropd.teacher.auth import Job, Method
-from tropd.teacher.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    PermissionDenied,
-    ResourceExhausted,
-    TeacherError,
-    Unauthenticated,
-    Unavailable,
-    Unimplemented,
-)
+from tropd.teacher.errors import FailedPrecondition, InvalidArgument, TeacherError, Unavailable
 from tropd.teacher.state import ServerState
 from tropd.teacher.text_tokenizer import TextTokenizer, TokenizerFilesError
 from tropd.teacher.validation import validate_generate, validate_score
@@ -103,20 +95,21 @@ def _unsupported(p: GenerateParameters, stream: bool) -> list[str]:
     return [name for name, bad in checks.items() if bad]
 
 
-_STATUS: tuple[tuple[type[TeacherError], int, str], ...] = (
-    (InvalidArgument, 422, "validation"),
-    (Unimplemented, 422, "validation"),
-    (FailedPrecondition, 422, "validation"),
-    (ResourceExhausted, 429, "overloaded"),
-    (Unavailable, 503, "unavailable"),
-    (Unauthenticated, 401, "unauthenticated"),
-    (PermissionDenied, 403, "permission_denied"),
-)
+# TGI's `error_type` for each HTTP status a teacher error carries (`TeacherError.http_status`).
+_ERROR_TYPES = {
+    401: "unauthenticated",
+    403: "permission_denied",
+    422: "validation",
+    424: "generation",
+    429: "overloaded",
+    503: "unavailable",
+}
 
 
 def error_response(exc: TeacherError) -> JSONResponse:
-    """A teacher error as TGI's error body; anything unlisted is a failed generation (424)."""
-    status, kind = next(((s, k) for t, s, k in _STATUS if isinstance(exc, t)), (424, "generation"))
+    """A teacher error as TGI's error body, with the error's own HTTP status."""
+    status = exc.http_status
+    kind = _ERROR_TYPES.get(status, "generation")
     headers = {}
     retry_after_s = getattr(exc, "retry_after_s", None)
     if retry_after_s is not None:

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tropd.teacher.backends.base import Capabilities, GenerateTask, ScoreTask
+from tropd.teacher.backends.base import GenerateTask, ScoreTask
 from tropd.teacher.errors import InvalidArgument, ResourceExhausted, Unimplemented
 from tropd.wire import codec as wire
+from tropd.wire.types import Limits
 from tropd.wire.v1 import teacher_pb2 as pb
 
 # Log-prob dtypes a client may ask for; UNSPECIFIED means float32 (see the proto).
@@ -24,19 +25,6 @@ _LOGPROB_DTYPES: dict[int, np.dtype] = {
     pb.DTYPE_FLOAT32: np.dtype(np.float32),
     pb.DTYPE_FLOAT16: np.dtype(np.float16),
 }
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What the server accepts: the model's facts combined with the configured caps."""
-
-    vocab_size: int
-    max_sequence_length: int
-    max_top_k: int
-    max_candidates: int
-    max_request_tokens: int
-    max_new_tokens: int
-    capabilities: Capabilities
 
 
 @dataclass(frozen=True)

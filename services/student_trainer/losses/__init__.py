@@ -1,15 +1,17 @@
 """Student-trainer losses: pure tensor functions `(inputs, cfg, normalizer) -> (loss, metrics)`.
 
 Knows nothing about models, rollouts or the teacher service: the loop gathers log-probs into a
-`LossInputs` per micro-batch, sums `trained_token_count` over the step's micro-batches into the
-normalizer, calls `LOSSES[cfg.method]` (or `compute_loss`) on each micro-batch, and merges the
-metrics with `merge_metrics` / `summarize_metrics`. DESIGN §3 defines every method.
+`LossInputs` per micro-batch, counts the step's trained tokens (`batch.trained_tokens`: every
+response token, guidance prefix included) into the normalizer, calls `LOSSES[cfg.method]` (or
+`compute_loss`) on each micro-batch, and merges the metrics with `merge_metrics` /
+`summarize_metrics`. docs/architecture.md#the-algorithm describes
+every method.
 """
 
 from .aggregate import count_nonfinite, grads_finite, loss_finite, merge_metrics, summarize_metrics
 from .config import LossConfig, Method, Outlier, OutlierWeighting
 from .guidance import guidance_alpha, guidance_prefix_len
-from .inputs import LossInputError, LossInputs, trained_token_count
+from .inputs import LossInputError, LossInputs
 from .opd import entropy_top_threshold
 from .outlier_weights import outlier_rule_weights
 from .registry import (
@@ -49,7 +51,6 @@ __all__ = [
     "needs_trust_uniform",
     "outlier_rule_weights",
     "summarize_metrics",
-    "trained_token_count",
     "trust_region_mask",
     "unmet_teacher_needs",
 ]

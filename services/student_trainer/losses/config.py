@@ -1,4 +1,6 @@
-"""`LossConfig`: which loss the trainer optimises and its knobs (DESIGN §3).
+"""`LossConfig`: which loss the trainer optimises and its knobs.
+
+Each method is described in docs/architecture.md#the-algorithm.
 
 Data only: the defaults live here and nowhere else; the loss functions read them, the trainer
 reads `method`/`outlier`/`outlier_weighting`/`topk` to decide what to ask the teacher for (see
@@ -28,31 +30,37 @@ class LossConfig(BaseModel):
     )
 
     method: Method = "tropd"
-    """Which loss: `tropd` (the product) or one of the baselines of DESIGN §3."""
+    """Which loss: `tropd` (the product) or one of the baselines
+    (docs/architecture.md#baselines)."""
 
     outlier: Outlier = "topk_fkl"
     """TrOPD only: what outlier tokens (trust test failed) contribute. `topk_fkl` is the
-    paper's final choice and won the prototype benchmark (DESIGN §4), hence the default."""
+    paper's final choice and beat `topk_fkl_reward` in 3 of 4 informative settings of the
+    quality benchmark (docs/results.md), hence the default."""
 
     outlier_weighting: OutlierWeighting = "surprise"
     """TrOPD only (other methods ignore it): the per-token weight `w_t` in [0, 1] on the outlier
-    term, `loss_t = M_t*OPD_t + (1 - M_t)*w_t*outlier_t` (issue 8; `outlier_weights` defines the
-    rules). `none` is plain TrOPD (w_t = 1); `surprise` and `prefix_gate` discount a teacher that
-    the row's earlier tokens already surprised; `support` needs the teacher's top-k. Default
-    `surprise`: in the quality benchmark (docs/results.md) it was never below OPD in any setting
-    and had the best mean over settings, while plain TrOPD fell 26 points below OPD at lr 3e-5."""
+    term, `loss_t = M_t*OPD_t + (1 - M_t)*w_t*outlier_t` (`outlier_weights` defines the rules;
+    docs/architecture.md#outlier-weightings). `none` is plain TrOPD (w_t = 1); `surprise` and
+    `prefix_gate` discount a teacher that the row's earlier tokens already surprised; `support`
+    needs the teacher's top-k. Default `surprise`: in the quality benchmark (docs/results.md) it
+    was never below OPD in any setting and had the best mean over settings, while plain TrOPD
+    fell 26 points below OPD at lr 3e-5."""
 
     surprise_c: float = Field(default=2.0, ge=0.0)
     """`surprise`: nats of teacher surprise per token that count as ordinary; only the excess
-    `max(0, -lp_T - c)` accumulates. Issue 8's prototype value."""
+    `max(0, -lp_T - c)` accumulates. The rule's proposed value, kept after the sensitivity sweep
+    in docs/results.md (c = 1, 2, 4)."""
 
     surprise_s0: float = Field(default=4.0, gt=0.0)
     """`surprise`: the scale of `w_t = exp(-S_t / s0)` in nats of accumulated excess surprise.
-    Issue 8's prototype value."""
+    The rule's proposed value, kept after the sensitivity sweep in docs/results.md (s0 = 2, 4,
+    8)."""
 
     prefix_gate_threshold: float = Field(default=-5.0, lt=0.0)
-    """`prefix_gate`: w_t = 0 once an earlier token of the row had `lp_T` below this (nats). Issue
-    8's value, the same -5 as `tau`; a log-prob is <= 0, so a threshold >= 0 would gate all."""
+    """`prefix_gate`: w_t = 0 once an earlier token of the row had `lp_T` below this (nats). The
+    rule's proposed value, the same -5 as `tau`; a log-prob is <= 0, so a threshold >= 0 would
+    gate all."""
 
     topk: int = Field(default=64, ge=1)
     """How many teacher top-k candidates to request for the top-k forward-KL terms. The losses use
@@ -62,10 +70,12 @@ class LossConfig(BaseModel):
     """Reward floor / threshold in nats on `r_t = lp_T - lp_S`: `clip` floors r_t at tau, `mask`
     drops tokens with r_t < tau, TrOPD's `clip` outlier mode floors outliers. Our choice: -5 keeps
     tokens the teacher gives >= ~1/150 of the student's probability untouched and caps the
-    ~-13 rewards of a near-certain teacher (DESIGN §4); REOPOLD's own value is not reproduced."""
+    ~-13-nat rewards a near-certain teacher gives tokens it would never write (the built-in
+    teacher does); REOPOLD's own value is not reproduced."""
 
     beta_guidance: float = Field(default=0.001, ge=0.0)
-    """Weight of the teacher-prefix likelihood term `-beta * log pi_S(x)` (DESIGN §3, step 4)."""
+    """Weight of the teacher-prefix likelihood term `-beta * log pi_S(x)` on guidance-prefix
+    tokens (docs/architecture.md#guidance-prefixes)."""
 
     jsd_beta: float = Field(default=0.5, gt=0.0, lt=1.0)
     """`jsd` mixture weight: M = beta*pi_T + (1-beta)*pi_S; 0 and 1 would degenerate to one KL."""

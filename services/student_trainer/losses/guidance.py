@@ -1,4 +1,6 @@
-"""Off-policy guidance (DESIGN §3, step 4): the prefix term and its cosine schedule.
+"""Off-policy guidance: the prefix term and its cosine schedule.
+
+See docs/architecture.md#guidance-prefixes.
 
 The student continues on-policy from `prompt + draft[:l]`, where the draft was written by the
 teacher. With x ~ pi_T the forward KL on those prefix tokens reduces (up to a constant) to

@@ -71,21 +71,6 @@ class LossInputs:
         return self.prefix_mask_B_T
 
 
-def trained_token_count(inputs: LossInputs) -> int:
-    """Tokens this micro-batch contributes to the step's loss normalizer.
-
-    Every response token counts (also those a method zeroes, e.g. `mask` or low-entropy tokens:
-    the loss stays a token mean over what was sampled), and so does every guidance-prefix token.
-    The loop sums this over all micro-batches of the optimizer step and passes the total as
-    `normalizer` to every loss call of that step.
-
-    Args:
-        inputs: one micro-batch.
-    Returns:
-        response tokens + guidance-prefix tokens.
-    """
-    return int(inputs.response_mask_B_T.sum().item() + inputs.prefix_B_T.sum().item())
-
 
 def require(inputs: LossInputs, field: str, loss: str) -> Tensor:
     """The named optional tensor, or a `LossInputError` that names the field and the loss.

@@ -1,8 +1,9 @@
 """The OPD family: plain OPD and the baselines that only reshape its per-token reward or token set.
 
 All are the policy-gradient surrogate `-sg(A_t) * log pi_S(x_t)` with `A_t` built from the reward
-`r_t = lp_T - lp_S_behavior` (DESIGN §3). There is no importance ratio: the rollout is used for
-exactly one update, so `lp_S_behavior` and the current `lp_S` agree up to numerics.
+`r_t = lp_T - lp_S_behavior` (the K1 reverse-KL estimate, negated). There is no importance
+ratio: the rollout is used for exactly one update, so `lp_S_behavior` and the current `lp_S` agree
+up to numerics.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 TrOPD sends the tokens where teacher and student disagree most to a bounded teacher-side term. When
 the student's own earlier tokens have pushed the teacher out of its depth, a near-one-hot teacher
-is confidently wrong and that term becomes supervised training on wrong targets (DESIGN §4,
-issue 8). These rules scale it per token, `loss_t = M_t*OPD_t + (1 - M_t)*w_t*outlier_t`:
+is confidently wrong and that term becomes supervised training on wrong targets (plain TrOPD's
+collapse at lr 3e-5 in docs/results.md). These rules scale it per token,
+`loss_t = M_t*OPD_t + (1 - M_t)*w_t*outlier_t`:
 
 * `surprise`: `S_t = sum_{j<t} max(0, -lp_T(x_j) - c)`, `w_t = exp(-S_t / s0)`;
 * `support`: `w_t = min(1, pi_S(y*) / pi_T(y*))`, `y*` the teacher's top-1 at t;

@@ -33,8 +33,9 @@ def finish(
         stats: method-specific mergeable statistics (scalar tensors).
         inputs: the micro-batch (for guidance and the shared diagnostics).
         cfg: the loss config.
-        normalizer: total trained tokens of the whole optimizer step (see
-            `inputs.trained_token_count`); 0 is allowed (an all-masked step) and gives loss 0.
+        normalizer: total trained tokens of the whole optimizer step (every response token of
+            every micro-batch, prefix included: `batch.trained_tokens`); 0 is allowed (an
+            all-masked step) and gives loss 0.
     Returns:
         `(loss, metrics)`: a float32 scalar with grad, and floats that add across micro-batches
         (`loss_<term>` are already divided by the normalizer; `<x>_sum`/`<x>_count` pairs become
@@ -62,7 +63,7 @@ def finish(
     if metrics["trained_tokens"] > normalizer:
         raise LossInputError(
             f"normalizer {normalizer} is below this micro-batch's {metrics['trained_tokens']:.0f} "
-            "trained tokens; pass the step total of trained_token_count over all micro-batches"
+            "trained tokens; pass the step total over all micro-batches"
         )
     return loss, metrics
 

@@ -1,7 +1,7 @@
 """The explicit method registry, and what each method needs from the teacher and the loop.
 
 The trainer picks `LOSSES[cfg.method]` and asks the teacher only for what `needs_*` says, so
-a teacher backend without top-k (TGI, DESIGN §2) can be refused up front with a message that
+a teacher backend without top-k (the `tgi` backend) can be refused up front with a message that
 names the loss (`unmet_teacher_needs`).
 """
 

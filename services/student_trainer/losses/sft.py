@@ -1,4 +1,5 @@
-"""`sft`: teacher-forced likelihood on teacher drafts, the supervised baseline of DESIGN §3.
+"""`sft`: teacher-forced likelihood on teacher drafts, the supervised baseline
+(docs/architecture.md#baselines).
 
 The loop feeds the teacher's draft tokens as the "response" for this method, so the loss is the
 mean negative log-likelihood `-log pi_S(x_t)` over `response_mask_B_T`; no teacher scores needed.

@@ -1,4 +1,6 @@
-"""TrOPD (DESIGN §3): plain OPD inside a per-token trust region, a bounded signal for outliers.
+"""TrOPD: plain OPD inside a per-token trust region, a bounded signal for outliers.
+
+See docs/architecture.md#the-algorithm.
 
 Trust test, no threshold hyperparameter: `p_trust = min(1, exp(lp_T - lp_S_old))` is the
 speculative-decoding acceptance probability, and `M_t = u_t < p_trust` with `u_t` the loop's seeded

@@ -1,4 +1,4 @@
-"""The built-in task: N-digit addition with the carries spelled out (DESIGN §4).
+"""The built-in task: N-digit addition with the carries spelled out (the built-in world's task).
 
 Every number is written least-significant digit first, zero-padded to a fixed width, so every
 sequence of a given digit count has the same length. For 1234 + 5678 = 6912 with 4 digits:

@@ -1,4 +1,4 @@
-"""`python -m student_trainer.world --help`: build the built-in world (see build.py)."""
+"""`python -m tropd.trainer.world --help`: build the built-in world (see build.py)."""
 
 from tropd.trainer.world.build import main
 

@@ -1,15 +1,16 @@
 """Build the built-in world from scratch: tokenizer, teacher, students, `world.json`.
 
-    python -m student_trainer.world [--out worlds/builtin] [--only teacher,student] [--digits 4]
-    python -m student_trainer.world --recipe long --out worlds/long   (the long-answer world)
+    python -m tropd.trainer.world [--out worlds/builtin] [--only teacher,student] [--digits 4]
+    python -m tropd.trainer.world --recipe long --out worlds/long   (the long-answer world)
     tropd-train build-world ...            (the same, through the trainer CLI)
 
 Every model is a GPT-2 (`GPT2LMHeadModel`) trained by plain SFT (see `sft.py`) on a mix of the
 task's styles, then measured by greedy decoding on the eval set and saved with
 `save_pretrained` (safetensors) next to the shared tokenizer. One torch thread and fixed seeds
 make the weights bit-identical from run to run on a given machine and torch version. The step
-counts are pinned: the students' accuracy rises steeply with them (DESIGN §4), and the defaults
-below were measured to put each model where the benchmark needs it.
+counts are pinned: the students' accuracy rises steeply with them (habit mix: 9% after 200
+steps, 65% after 250; `default_spec` lists the calibration), and the defaults below were measured
+to put each model where the benchmark needs it.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ LONG_WORLD_DIR = Path(__file__).resolve().parents[3] / "worlds" / "long"  # the 
 
 
 def long_spec(digits: int = LONG_DIGITS, seed: int = 0) -> WorldSpec:
-    """The long-answer world (issue 8, worlds/long): answers ~2.9x longer than the default's.
+    """The long-answer world (worlds/long): answers ~2.9x longer than the default's.
 
     For the question whether a weighting that grows with position (`surprise`: `S_t` sums over
     the response so far) switches the outlier term off late in long answers. The default recipe's

@@ -1,7 +1,8 @@
 """The backend interface: what the server needs from a model, and nothing else.
 
 A backend knows nothing about gRPC, queues or callers. It receives already-validated work
-(ids in range, spans in range, k within the cap) and returns numpy arrays. Heavy imports
+(ids in range, spans in range, k within the cap) and returns numpy arrays in the wire's value
+types (`tropd.wire.types.ScoredSequence`, `Generation`; float32 log-probs). Heavy imports
 (torch, transformers, a TGI client) belong in the module of the backend that needs them.
 
 Alignment: for a ScoreTask, row i of every output array scores ids[start + i] given
@@ -18,17 +19,7 @@ import numpy as np
 
 from tropd.teacher.errors import TeacherError
 from tropd.teacher.fingerprint import TokenizerFingerprint
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    score: bool = True
-    top_k: bool = True
-    candidates: bool = True
-    logsumexp: bool = True
-    entropy: bool = True
-    rank: bool = True
-    generate: bool = True
+from tropd.wire.types import Capabilities, Generation, ScoredSequence
 
 
 @dataclass(frozen=True)
@@ -62,19 +53,6 @@ class ScoreTask:
         return self.end - self.start
 
 
-@dataclass
-class ScoreOutput:
-    """Per-position results of one ScoreTask; m = end - start rows each. float32 throughout."""
-
-    logprobs: np.ndarray  # float32 [m]
-    topk_ids: np.ndarray | None = None  # int32 [m, k], sorted by log-prob descending
-    topk_logprobs: np.ndarray | None = None  # float32 [m, k]
-    candidate_logprobs: np.ndarray | None = None  # float32 [m, C]
-    logsumexp: np.ndarray | None = None  # float32 [m]
-    entropy: np.ndarray | None = None  # float32 [m], nats
-    rank: np.ndarray | None = None  # int32 [m], 0 = argmax
-
-
 @dataclass(frozen=True)
 class GenerateTask:
     prompt: np.ndarray  # int32 [n], n >= 1
@@ -85,13 +63,6 @@ class GenerateTask:
     stop_ids: tuple[int, ...] = ()
 
 
-@dataclass
-class GenerateOutput:
-    ids: np.ndarray  # int32 [m], generated tokens only (a stop id included when emitted)
-    logprobs: np.ndarray  # float32 [m], untempered teacher log-prob of each generated token
-    finish_reason: str  # "length" or "stop"
-
-
 class Backend(Protocol):
     """A model that scores and generates token ids. Calls arrive from one worker thread."""
 
@@ -100,7 +71,7 @@ class Backend(Protocol):
     def warmup(self) -> None:
         """Run a small forward so the first real request pays no lazy-initialisation cost."""
 
-    def score(self, tasks: Sequence[ScoreTask]) -> Sequence[ScoreOutput | TeacherError]:
+    def score(self, tasks: Sequence[ScoreTask]) -> Sequence[ScoredSequence | TeacherError]:
         """Score a batch. Results must not depend on which other tasks share the batch.
 
         A `TeacherError` in place of an output fails that task alone (its caller gets the
@@ -108,6 +79,6 @@ class Backend(Protocol):
         """
         ...
 
-    def generate(self, tasks: Sequence[GenerateTask]) -> list[GenerateOutput]:
+    def generate(self, tasks: Sequence[GenerateTask]) -> list[Generation]:
         """Sample continuations for a batch of prompts, one output per task, in order."""
         ...

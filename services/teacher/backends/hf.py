@@ -23,15 +23,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tropd.teacher.backends.base import (
-    BackendInfo,
-    GenerateOutput,
-    GenerateTask,
-    ScoreOutput,
-    ScoreTask,
-)
+from tropd.teacher.backends.base import BackendInfo, GenerateTask, ScoreTask
 from tropd.teacher.backends.hf_scoring import OutputHead, ScoreRequestShape, score_positions
 from tropd.teacher.fingerprint import fingerprint_of
+from tropd.wire.types import Generation, ScoredSequence
 
 logger = logging.getLogger(__name__)
 
@@ -158,13 +153,13 @@ class HFBackend:
         return out.last_hidden_state, getattr(out, self._cache_kwarg, None)
 
     @torch.inference_mode()
-    def score(self, tasks: Sequence[ScoreTask]) -> list[ScoreOutput]:
+    def score(self, tasks: Sequence[ScoreTask]) -> list[ScoredSequence]:
         """Score a batch; see `Backend.score`. Right-pads, one body forward, chunked head.
 
         Args:
             tasks: validated tasks; each needs hidden states up to position end - 2 only.
         Returns:
-            One ScoreOutput per task, in order, float32 / int32 arrays of end - start rows.
+            One ScoredSequence per task, in order, float32 / int32 arrays of end - start rows.
         """
         if not tasks:
             return []
@@ -193,7 +188,7 @@ class HFBackend:
         return torch.as_tensor(array, dtype=torch.long, device=self.device)
 
     @torch.inference_mode()
-    def generate(self, tasks: Sequence[GenerateTask]) -> list[GenerateOutput]:
+    def generate(self, tasks: Sequence[GenerateTask]) -> list[Generation]:
         """Sample continuations with a KV cache; see `Backend.generate`.
 
         Prompts are left-padded (masked, positions counted from each prompt's first token).
@@ -204,7 +199,7 @@ class HFBackend:
         Args:
             tasks: validated tasks (prompt + max_new_tokens within the sequence limit).
         Returns:
-            One GenerateOutput per task, in order.
+            One Generation per task, in order.
         """
         if not tasks:
             return []
@@ -290,9 +285,9 @@ class _Sampler:
             for g, done, t in zip(self.generators, self.finish, self.tasks, strict=True)
         ]
 
-    def outputs(self) -> list[GenerateOutput]:
+    def outputs(self) -> list[Generation]:
         return [
-            GenerateOutput(
+            Generation(
                 ids=np.asarray(ids, dtype=np.int32),
                 logprobs=np.asarray(lps, dtype=np.float32),
                 finish_reason=finish or "length",

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from tropd.teacher.backends.base import ScoreOutput, ScoreTask
+from tropd.teacher.backends.base import ScoreTask
+from tropd.wire.types import ScoredSequence
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ def score_positions(
     tasks: Sequence[ScoreTask],
     shape: ScoreRequestShape,
     chunk_size: int,
-) -> list[ScoreOutput]:
+) -> list[ScoredSequence]:
     """Apply the head to gathered hidden states chunk by chunk and split results per task.
 
     Args:
@@ -161,7 +162,7 @@ def score_positions(
         shape: the batch-wide widths and extras (from `ScoreRequestShape.of`).
         chunk_size: rows per output-layer call.
     Returns:
-        One ScoreOutput per task; optional arrays only where that task asked for them.
+        One ScoredSequence per task; optional arrays only where that task asked for them.
     """
     device = hidden_N_D.device
     targets, candidates = _targets_and_candidates(tasks, shape.max_candidates)
@@ -180,7 +181,7 @@ def score_positions(
     return _split(full, tasks)
 
 
-def _split(full: dict[str, np.ndarray], tasks: Sequence[ScoreTask]) -> list[ScoreOutput]:
+def _split(full: dict[str, np.ndarray], tasks: Sequence[ScoreTask]) -> list[ScoredSequence]:
     outputs, offset = [], 0
     for t in tasks:
         rows = slice(offset, offset + t.num_scored)
@@ -194,7 +195,7 @@ def _split(full: dict[str, np.ndarray], tasks: Sequence[ScoreTask]) -> list[Scor
                 else np.zeros((t.num_scored, 0), dtype=np.float32)
             )
         outputs.append(
-            ScoreOutput(
+            ScoredSequence(
                 logprobs=full["logprobs"][rows],
                 topk_ids=full["topk_ids"][rows, : t.top_k] if t.top_k else None,
                 topk_logprobs=full["topk_logprobs"][rows, : t.top_k] if t.top_k else None,

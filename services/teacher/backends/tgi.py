@@ -30,14 +30,7 @@ import text_generation
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from text_generation import errors as tgi_errors
 
-from tropd.teacher.backends.base import (
-    BackendInfo,
-    Capabilities,
-    GenerateOutput,
-    GenerateTask,
-    ScoreOutput,
-    ScoreTask,
-)
+from tropd.teacher.backends.base import BackendInfo, GenerateTask, ScoreTask
 from tropd.teacher.errors import (
     FailedPrecondition,
     Internal,
@@ -48,6 +41,7 @@ from tropd.teacher.errors import (
     Unimplemented,
 )
 from tropd.teacher.text_tokenizer import TextTokenizer
+from tropd.wire.types import Capabilities, Generation, ScoredSequence
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +179,7 @@ class TGIBackend:
             ids = np.asarray(self.tokenizer.encode("the answer is").ids, dtype=np.int32)
         self._score_one(ScoreTask(ids, 1, len(ids)))
 
-    def score(self, tasks: Sequence[ScoreTask]) -> list[ScoreOutput | TeacherError]:
+    def score(self, tasks: Sequence[ScoreTask]) -> list[ScoredSequence | TeacherError]:
         """Score each task with one TGI request, `concurrency` at a time.
 
         Returns:
@@ -195,7 +189,7 @@ class TGIBackend:
         """
         return self._parallel(self._score_or_error, tasks)
 
-    def generate(self, tasks: Sequence[GenerateTask]) -> list[GenerateOutput]:
+    def generate(self, tasks: Sequence[GenerateTask]) -> list[Generation]:
         raise Unimplemented("the tgi backend does not generate through tropd; use TGI directly")
 
     def _parallel(self, fn: Callable[[ScoreTask], T], tasks: Sequence[ScoreTask]) -> list[T]:
@@ -203,13 +197,13 @@ class TGIBackend:
             return [fn(tasks[0])]
         return list(self._pool.map(fn, tasks))
 
-    def _score_or_error(self, task: ScoreTask) -> ScoreOutput | TeacherError:
+    def _score_or_error(self, task: ScoreTask) -> ScoredSequence | TeacherError:
         try:
             return self._score_one(task)
         except TeacherError as exc:
             return exc
 
-    def _score_one(self, task: ScoreTask) -> ScoreOutput:
+    def _score_one(self, task: ScoreTask) -> ScoredSequence:
         if task.top_k or task.candidates is not None:
             raise Unimplemented("the tgi backend has no top-k or candidate log-probs")
         ids = [int(i) for i in task.ids]
@@ -231,7 +225,7 @@ class TGIBackend:
         logprobs = [prefill[p].logprob for p in range(task.start, task.end)]
         if any(lp is None for lp in logprobs):
             raise FailedPrecondition(PREFILL_HINT, reason="tgi_no_prefill")
-        return ScoreOutput(logprobs=np.asarray(logprobs, dtype=np.float32))
+        return ScoredSequence(logprobs=np.asarray(logprobs, dtype=np.float32))
 
     def _mismatch(self, ours: list[int], theirs: list[int], where: int) -> str:
         def at(seq: list[int]) -> str:
