@@ -25,6 +25,7 @@ class TrainSequence:
     prefix_len: int  # teacher-written guidance tokens at the start of the response
     behavior_logprobs: np.ndarray  # float32 [R]; NaN on prefix tokens (the student did not
     # sample them), zeros for teacher drafts trained as they are (sft)
+    finish_reason: str = "eos"  # "eos" (the response ends with an eos id) or "length" (cut)
 
     @property
     def response_len(self) -> int:
@@ -41,7 +42,7 @@ def trained_tokens(sequences: Sequence[TrainSequence]) -> int:
 
 
 def draft_sequences(
-    prompts: Sequence[Sequence[int]], drafts: Sequence[np.ndarray]
+    prompts: Sequence[Sequence[int]], drafts: Sequence[np.ndarray], eos_ids: Sequence[int]
 ) -> list[TrainSequence]:
     """The `sft` baseline's rollouts: the teacher's drafts themselves, to train teacher-forced."""
     return [
@@ -51,6 +52,7 @@ def draft_sequences(
             ids=np.concatenate([np.asarray(prompt, np.int64), draft]),
             prefix_len=0,
             behavior_logprobs=np.zeros(draft.size, np.float32),
+            finish_reason="eos" if draft.size and int(draft[-1]) in eos_ids else "length",
         )
         for p, (prompt, draft) in enumerate(zip(prompts, drafts, strict=True))
     ]

@@ -40,18 +40,37 @@ class TeacherConfig(_Frozen):
 
 
 class TaskConfig(_Frozen):
-    name: str = Field("addition", description="'addition' (built-in) or 'jsonl'")
+    name: str = Field("addition", description="'addition' (built-in), 'dataset' or 'jsonl'")
     options: dict[str, Any] = Field(
         default_factory=dict, description="the task's own options, checked by the task"
     )
     eval_size: int = Field(256, ge=1, description="eval examples used (first N of the eval set)")
+    chat_template: bool | None = Field(
+        None, description="render prompts with the tokenizer's chat template; null: when it has one"
+    )
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="extra template variables, e.g. {enable_thinking: false}"
+    )
+    system_prompt: str | None = Field(
+        None, description="system turn of every prompt (chat template only); an example's own wins"
+    )
+    sampling: Literal["epochs", "replacement"] = Field(
+        "epochs",
+        description="epochs: each prompt once per epoch, reshuffled per epoch from train.seed; "
+        "replacement: independent draws",
+    )
 
 
 class RolloutConfig(_Frozen):
     prompts_per_step: int = Field(32, ge=1)
     samples_per_prompt: int = Field(4, ge=1)
     temperature: float = Field(1.0, gt=0)
-    max_new_tokens: int | None = Field(None, ge=1, description="default: the task's own")
+    max_new_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="the one response budget: rollouts, guidance drafts and evaluation; "
+        "null: the task's own (addition: its exact answer length; data sets: 1024)",
+    )
 
 
 class GuidanceConfig(_Frozen):

@@ -8,7 +8,7 @@ log-prob of a token is log π_S(x_t | c_t) under the *untempered* student at sam
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ class Completion:
     context_index: int  # which context (of the call's list) it continues
     ids: np.ndarray  # int64 [m], sampled tokens, ending with eos when one was emitted
     behavior_logprobs: np.ndarray  # float32 [m]
+    finish_reason: str  # "eos" (ends with an eos id) or "length" (ran out of new tokens)
 
 
 def _left_pad(contexts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,10 +44,11 @@ def sample_completions(
     contexts: Sequence[Sequence[int]],
     samples_per_context: int,
     max_new_tokens: int,
-    eos_id: int,
+    eos_ids: Sequence[int],
     pad_id: int,
     temperature: float = 1.0,
     greedy: bool = False,
+    batch_size: int | None = None,
 ) -> list[Completion]:
     """Sample `samples_per_context` completions for each context (prompt, maybe + guidance prefix).
 
@@ -55,12 +57,22 @@ def sample_completions(
         contexts: token ids per context; lengths may differ (left-padded internally).
         samples_per_context: completions per context, grouped in context order.
         max_new_tokens: hard cap; a completion without eos stops there.
-        eos_id, pad_id: the tokenizer's ids.
+        eos_ids: every id that ends a completion (the tokenizer's eos, the generation
+            config's, the chat template's end-of-turn token).
+        pad_id: the tokenizer's padding id.
         temperature: sampling temperature (> 0); ignored when greedy.
         greedy: argmax decoding (evaluation).
+        batch_size: contexts per `generate` call (None: all at once).
     Returns:
         len(contexts) * samples_per_context completions, truncated after the first eos.
     """
+    if batch_size is not None and len(contexts) > batch_size:
+        completions: list[Completion] = []
+        for lo in range(0, len(contexts), batch_size):
+            part = sample_completions(model, contexts[lo : lo + batch_size], samples_per_context,
+                                      max_new_tokens, eos_ids, pad_id, temperature, greedy)
+            completions.extend(replace(c, context_index=c.context_index + lo) for c in part)
+        return completions
     ids_B_L, mask_B_L = _left_pad(contexts, pad_id)
     # Never run past the model's position table (padded width counts).
     room = _max_positions(model) - ids_B_L.shape[1]
@@ -80,7 +92,7 @@ def sample_completions(
         do_sample=not greedy,
         num_return_sequences=samples_per_context,
         max_new_tokens=max_new_tokens,
-        eos_token_id=eos_id,
+        eos_token_id=list(eos_ids),
         pad_token_id=pad_id,
         output_logits=True,
         return_dict_in_generate=True,
@@ -92,7 +104,7 @@ def sample_completions(
     logits_B_N_V = torch.stack(out.logits, dim=1).float()
     logprobs_B_N = torch.log_softmax(logits_B_N_V, dim=-1).gather(-1, new_B_N.unsqueeze(-1))
     return _truncate_at_eos(
-        new_B_N.cpu(), logprobs_B_N.squeeze(-1).cpu(), samples_per_context, eos_id
+        new_B_N.cpu(), logprobs_B_N.squeeze(-1).cpu(), samples_per_context, eos_ids
     )
 
 
@@ -102,7 +114,8 @@ def roll_out(
     prefixes: Sequence[np.ndarray],
     cfg: RolloutConfig,
     max_new_tokens: int,
-    special_ids: tuple[int, int],
+    eos_ids: Sequence[int],
+    pad_id: int,
 ) -> list[TrainSequence]:
     """The step's rollouts: `cfg.samples_per_prompt` responses per prompt, each opening with its
     prompt's guidance prefix (empty for unguided prompts) and continued by the student.
@@ -111,18 +124,17 @@ def roll_out(
         prompts, prefixes: token ids per prompt, aligned; a prefix holds no eos.
         max_new_tokens: the response budget; a prefix counts against it, so a guided response
             is never longer than an unguided one.
-        special_ids: the tokenizer's (eos, pad) ids.
+        eos_ids, pad_id: as `sample_completions` takes them.
     Returns:
         len(prompts) * samples_per_prompt sequences, grouped by prompt.
     """
-    eos_id, pad_id = special_ids
     contexts = [list(p) + prefix.tolist() for p, prefix in zip(prompts, prefixes, strict=True)]
     completions = sample_completions(
         model,
         contexts,
         cfg.samples_per_prompt,
         max_new_tokens - min(int(p.size) for p in prefixes),
-        eos_id,
+        eos_ids,
         pad_id,
         temperature=cfg.temperature,
     )
@@ -130,6 +142,8 @@ def roll_out(
     for c in completions:
         prompt, prefix = prompts[c.context_index], prefixes[c.context_index]
         response = np.concatenate([prefix, c.ids])[:max_new_tokens]
+        # Cut at the budget, a response that had not ended by then ran out of tokens.
+        finished = c.finish_reason == "eos" and response.size == prefix.size + c.ids.size
         behavior = np.concatenate([np.full(prefix.size, np.nan, np.float32), c.behavior_logprobs])
         sequences.append(
             TrainSequence(
@@ -138,6 +152,7 @@ def roll_out(
                 ids=np.concatenate([np.asarray(prompt, np.int64), response]),
                 prefix_len=int(prefix.size),
                 behavior_logprobs=behavior[: response.size],
+                finish_reason="eos" if finished else "length",
             )
         )
     return sequences
@@ -153,18 +168,19 @@ def _max_positions(model: PreTrainedModel) -> int:
 
 
 def _truncate_at_eos(
-    new_B_N: torch.Tensor, logprobs_B_N: torch.Tensor, samples: int, eos_id: int
+    new_B_N: torch.Tensor, logprobs_B_N: torch.Tensor, samples: int, eos_ids: Sequence[int]
 ) -> list[Completion]:
     completions = []
     for row in range(new_B_N.shape[0]):
         ids = new_B_N[row].numpy()
-        eos_at = np.flatnonzero(ids == eos_id)
+        eos_at = np.flatnonzero(np.isin(ids, list(eos_ids)))
         length = int(eos_at[0]) + 1 if eos_at.size else ids.size
         completions.append(
             Completion(
                 context_index=row // samples,
                 ids=ids[:length].astype(np.int64),
                 behavior_logprobs=logprobs_B_N[row, :length].numpy().astype(np.float32),
+                finish_reason="eos" if eos_at.size else "length",
             )
         )
     return completions

@@ -22,7 +22,7 @@ def test_left_padded_rows_get_their_unpadded_logprobs() -> None:
     ]  # three widths: two rows of each call are left-padded
     torch.manual_seed(0)
     completions = sample_completions(
-        model, contexts, 2, 60, tokenizer.eos_token_id, tokenizer.pad_token_id
+        model, contexts, 2, 60, [tokenizer.eos_token_id], tokenizer.pad_token_id
     )
     assert len(completions) == 6
     assert any(c.ids[-1] == tokenizer.eos_token_id for c in completions)  # some rows finished
