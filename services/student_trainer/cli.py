@@ -61,7 +61,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, [*args.overrides, f"student.path={args.model}"])
     student = load_student(cfg)
-    data = load_data(cfg, student)
+    data = load_data(cfg, student.tokenizer, student.generation_eos)
     result = evaluate_student(student.model, data.codec, data.task, data.eval,
                               data.max_new_tokens)  # fmt: skip
     for sample in result.samples:
@@ -77,10 +77,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_generate_drafts(args: argparse.Namespace) -> int:
     from tropd.teacher.client import TeacherClient
     from tropd.trainer.guidance import DraftRequest, write_drafts
-    from tropd.trainer.setup import load_data, load_student, wait_for_teacher
+    from tropd.trainer.setup import load_data, load_tokenizer, wait_for_teacher
 
     cfg = load_config(args.config, args.overrides)
-    data = load_data(cfg, load_student(cfg))
+    data = load_data(cfg, *load_tokenizer(cfg))
     with TeacherClient(args.teacher or cfg.teacher.target, token=cfg.teacher.token) as client:
         info = wait_for_teacher(client, cfg.teacher.wait_ready_s)
         request = DraftRequest(

@@ -75,7 +75,7 @@ def train(cfg: RunConfig) -> RunResult:
     if not cfg.train.progress:
         quiet_progress_bars()  # the libraries' own bars too (loading weights, data sets)
     student = load_student(cfg)
-    data = load_data(cfg, student)
+    data = load_data(cfg, student.tokenizer, student.generation_eos)
     teacher = connect_teacher(cfg, student, data)  # refuses a teacher that does not fit
     drafts = drafts_source(cfg, teacher, data)
     optimizer = make_optimizer(student.model, cfg.optim)

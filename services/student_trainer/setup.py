@@ -21,6 +21,7 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -39,6 +40,7 @@ from tropd.trainer.world import builtin_world_dir
 
 log = logging.getLogger(__name__)
 
+GenerationEos = int | list[int] | None
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -52,6 +54,11 @@ class Student:
     @property
     def pad_id(self) -> int:
         return int(self.tokenizer.pad_token_id)
+
+    @property
+    def generation_eos(self) -> GenerationEos:
+        """The generation config's eos ids (Qwen and Llama 3 list several)."""
+        return self.model.generation_config.eos_token_id  # type: ignore[no-any-return]
 
     @property
     def vocab_rows(self) -> int:
@@ -170,18 +177,35 @@ def check_teacher(
         )
 
 
-def load_data(cfg: RunConfig, student: Student) -> Data:
+def load_tokenizer(cfg: RunConfig) -> tuple[PreTrainedTokenizerBase, GenerationEos]:
+    """The student's tokenizer and its generation config's eos ids, without loading weights
+    (for commands that only encode: the demo's teacher accuracy, generate-drafts)."""
+    path = resolve_model_path(cfg.student.path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise SetupError(f"cannot load the student's tokenizer from {path!r}: {exc}") from exc
+    try:
+        return tokenizer, GenerationConfig.from_pretrained(path).eos_token_id
+    except OSError:  # no generation_config.json: the tokenizer's eos alone
+        return tokenizer, None
+
+
+def load_data(
+    cfg: RunConfig, tokenizer: PreTrainedTokenizerBase, generation_eos: GenerationEos = None
+) -> Data:
     """The task and its examples, rendered the way the run will render them: the first prompt
     is logged as text and ids, and a decode round trip of a few prompts and answers warns when
-    the tokenizer loses characters (a verifier reads decoded text)."""
+    the tokenizer loses characters (a verifier reads decoded text).
+
+    Args:
+        generation_eos: the student's `generation_config.eos_token_id` (an id, a list, None).
+    """
     task = task_from_config(cfg.task)
-    tokenizer = student.tokenizer
     fmt = prompt_format(
         tokenizer, cfg.task.chat_template, cfg.task.system_prompt, cfg.task.chat_template_kwargs
     )
-    generation = getattr(student.model, "generation_config", None)
-    codec = PromptCodec(tokenizer, fmt, stop_ids(tokenizer, getattr(generation, "eos_token_id",
-                                                                    None), fmt))  # fmt: skip
+    codec = PromptCodec(tokenizer, fmt, stop_ids(tokenizer, generation_eos, fmt))
     data = Data(
         task=task,
         train=list(task.train_examples()),
