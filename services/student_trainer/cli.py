@@ -20,7 +20,7 @@ import sys
 from dataclasses import asdict
 
 from tropd.errors import ConfigError
-from tropd.trainer.config import dump_config, load_config
+from tropd.trainer.config import describe_keys, dump_config, load_config
 from tropd.trainer.errors import TrainerError, TrainingAborted
 
 log = logging.getLogger("tropd.trainer")
@@ -115,11 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="train (resuming from the newest checkpoint of train.run_dir)")
+    keys = {"epilog": "config keys (KEY = default  what it is):\n  " + "\n  ".join(describe_keys()),
+            "formatter_class": argparse.RawDescriptionHelpFormatter}  # fmt: skip
+    p = sub.add_parser(
+        "run", help="train (resuming from the newest checkpoint of train.run_dir)", **keys
+    )
     _add_config_args(p)
     p.set_defaults(fn=_cmd_run)
 
-    p = sub.add_parser("print-config", help="print the resolved config and exit")
+    p = sub.add_parser(
+        "print-config", help="print the resolved config (task files checked) and exit", **keys
+    )
     _add_config_args(p)
     p.set_defaults(fn=_cmd_print_config)
 

@@ -6,6 +6,7 @@ Defaults live here and only here. A recipe is one YAML file (see configs/); the 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -99,7 +100,7 @@ class TrainConfig(_Frozen):
     status_port: int | None = Field(0, ge=0, description="HTTP status port; 0 = any, null = off")
     status_host: str = Field("127.0.0.1", description="status bind address; 0.0.0.0 in containers")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's")
-    progress: bool = True
+    progress: bool = Field(True, description="progress bars (ours and the libraries'); false: none")
     tensorboard: bool = True
 
 
@@ -192,6 +193,23 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         return RunConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, source)) from exc
+
+
+def describe_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
+    """One line per config key, `key = default  description` (its first sentence), from the
+    models themselves: what `tropd-train run --help` lists."""
+    lines = []
+    for name, field in model.model_fields.items():
+        key = prefix + name
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            lines.extend(describe_keys(annotation, key + "."))
+            continue
+        default = field.get_default(call_default_factory=True)
+        about = re.split(r"\.\s+(?=[A-Z`(])", " ".join((field.description or "").split()))[0]
+        lines.append(f"{key} = {yaml.safe_dump(default, default_flow_style=True).strip()}"
+                     f"{'  ' + about if about else ''}".replace("\n...", ""))  # fmt: skip
+    return lines
 
 
 def dump_config(cfg: RunConfig) -> str:
