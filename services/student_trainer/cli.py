@@ -115,17 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    keys = {"epilog": "config keys (KEY = default  what it is):\n  " + "\n  ".join(describe_keys()),
-            "formatter_class": argparse.RawDescriptionHelpFormatter}  # fmt: skip
+    keys = "config keys (KEY = default  what it is):\n  " + "\n  ".join(describe_keys())
+    raw = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser(
-        "run", help="train (resuming from the newest checkpoint of train.run_dir)", **keys
-    )
+        "run", help="train (resuming from the newest checkpoint of train.run_dir)",
+        epilog=keys, formatter_class=raw,
+    )  # fmt: skip
     _add_config_args(p)
     p.set_defaults(fn=_cmd_run)
 
     p = sub.add_parser(
-        "print-config", help="print the resolved config (task files checked) and exit", **keys
-    )
+        "print-config", help="print the resolved config (task files checked) and exit",
+        epilog=keys, formatter_class=raw,
+    )  # fmt: skip
     _add_config_args(p)
     p.set_defaults(fn=_cmd_print_config)
 
