@@ -78,7 +78,13 @@ class GuidanceConfig(_Frozen):
     fraction: float = Field(0.0, ge=0, le=1, description="share of prompts given a teacher draft")
     source: Literal["teacher", "file"] = "teacher"
     drafts_file: str | None = None
-    temperature: float = Field(1.0, ge=0)
+    temperature: float = Field(
+        0.0,
+        ge=0,
+        description="teacher draft temperature, 0 = greedy, chosen by measurement "
+        "(benchmarks/draft_temperature.py): greedy drafts were all correct on both built-in "
+        "worlds vs 77% and 82% at T=1, sft on them ended 6 points higher, guided TrOPD even",
+    )
 
 
 class OptimConfig(_Frozen):
