@@ -155,7 +155,9 @@ class PromptCodec:
     def render(self, example: Example) -> str:
         return render_prompt(self.tokenizer, example, self.fmt)
 
-    def response(self, ids: np.ndarray, finish_reason: str | None = None) -> Response:
+    def response(
+        self, ids: np.ndarray | Sequence[int], finish_reason: str | None = None
+    ) -> Response:
         """`ids` as a verifier sees them; without a reason, "eos" iff they end with an eos id."""
         ids_list = [int(i) for i in ids]
         if finish_reason is None:
