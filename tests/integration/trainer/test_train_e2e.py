@@ -209,12 +209,13 @@ def test_sigterm_checkpoints_and_exits_0(teacher: ServerHandle, tmp_path: Path) 
 def test_teacher_outage_checkpoints_and_exits_1(tmp_path: Path) -> None:
     own = _serve(builtin_world_dir() / "teacher")
     run_dir = tmp_path / "run"
-    proc = _cli(_run_args(own.target, run_dir, "train.steps=500"))
+    proc = _cli(_run_args(own.target, run_dir, "train.steps=500", "teacher.outage_s=3"))
     try:
         _wait_for_step(run_dir, proc, 1)
     finally:
         own.stop(grace_s=1.0)
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 1, err[-3000:]
-    assert "unavailable" in err and "resume" in err
+    assert "UNAVAILABLE" in err and "teacher.outage_s = 3" in err and "resume" in err
+    assert "waiting for the teacher" in err
     assert sorted((run_dir / "checkpoints").glob("step-*"))
