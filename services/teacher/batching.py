@@ -11,7 +11,8 @@ form the next forward pass:
   what closed-loop clients need: a job whose queue empties each time its batch returns (it
   resends only then) cannot jump ahead again on re-arrival, as it could when an emptied queue
   forfeited its state (deficit round robin);
-* a sparse job's first item starts at the virtual time, below every backlogged job's tag, so a
+* a sparse job's first item starts at the virtual time, below every backlogged job's tag (ties go
+  to the job with less work queued), so a
   request of a light job that fits its share of one batch rides the very next batch;
 * budget: a batch costs `len(batch) * max(item.length)` tokens (padding counted) and stays
   within `max_batch_tokens`, or within `contended_batch_tokens` while more than one job has
@@ -173,10 +174,12 @@ class BatchPlanner:
         taken = dict.fromkeys(queues, 0)
         tags = dict(old.tags)
         vtime = old.vtime
-        # Ties (jobs activated at the same virtual time) go to the job whose head came first.
-        rank = {
-            job: i for i, job in enumerate(sorted(queues, key=lambda j: ordered[j][0].enqueued_at))
-        }
+        # Ties (jobs activated at the same virtual time) go to the job with less work queued
+        # (the sparse one: its whole request may fit), then to the one whose head came first.
+        def tie_key(job: str) -> tuple[int, float]:
+            return sum(it.length for it in queues[job]), ordered[job][0].enqueued_at
+
+        rank = {job: i for i, job in enumerate(sorted(queues, key=tie_key))}
         batch: list[WorkItem] = []
         widest = 0
         full = False
