@@ -32,8 +32,20 @@ class StudentConfig(_Frozen):
 class TeacherConfig(_Frozen):
     target: str = Field("localhost:50051", description="host:port of the teacher gRPC service")
     token: str | None = Field(None, description="job bearer token; default $TEACHER_TOKEN")
-    timeout_s: float = Field(60.0, gt=0)
-    max_retries: int = Field(8, ge=0, description="retries on UNAVAILABLE/RESOURCE_EXHAUSTED")
+    timeout_s: float = Field(60.0, gt=0, description="deadline of one call attempt, seconds")
+    max_retries: int = Field(
+        8,
+        ge=0,
+        description="retries of UNAVAILABLE/RESOURCE_EXHAUSTED per call outside training steps "
+        "(start-up, eval, generate-drafts); training steps ride outages (outage_s) instead",
+    )
+    outage_s: float = Field(
+        900.0,
+        ge=0,
+        description="how long a training step keeps retrying a teacher that is unreachable, "
+        "busy or slow (UNAVAILABLE, RESOURCE_EXHAUSTED with a hint, DEADLINE_EXCEEDED) before "
+        "the run checkpoints and exits 1; 15 min covers a teacher restart with a model reload",
+    )
     wait_ready_s: float = Field(120.0, ge=0, description="how long to wait for a ready teacher")
     tls_ca_file: str | None = Field(None, description="PEM CA bundle: connect over TLS")
     tls_cert_file: str | None = Field(None, description="PEM client certificate (mutual TLS)")

@@ -15,23 +15,27 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from tropd.teacher.client import ScoredSequence, TeacherClientError
+from tropd.teacher.client import Outage, ScoredSequence, TeacherClientError, TeacherRpcError
 from tropd.trainer.batch import draft_sequences, trained_tokens
 from tropd.trainer.checkpoint import (
     TrainState,
     find_latest_checkpoint,
     load_checkpoint,
+    rng_state,
     save_checkpoint,
+    set_rng_state,
     step_dir_name,
 )
 from tropd.trainer.config import RunConfig, dump_config
-from tropd.trainer.errors import TrainingAborted
+from tropd.trainer.errors import TeacherRefused, TrainingAborted
 from tropd.trainer.evaluate import EvalResult, evaluate_student
 from tropd.trainer.grades import Grades, grade
 from tropd.trainer.guidance import Drafts
@@ -51,6 +55,7 @@ from tropd.trainer.setup import (
     make_optimizer,
     start_status,
 )
+from tropd.trainer.status_server import TeacherWait, TrainerStatus
 from tropd.trainer.update import apply_update
 
 log = logging.getLogger(__name__)
@@ -83,6 +88,8 @@ def train(cfg: RunConfig) -> RunResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     status, server = start_status(cfg, run_dir)
+    # From here on a teacher restart is waited out (logged, on /v1/status and /metrics).
+    teacher.client.ride_outages(cfg.teacher.outage_s, _OutageLog(status))
 
     # Resume from the newest good checkpoint: weights, optimizer, every RNG, the prompt sampler.
     sampler = PromptSampler(len(data.train), cfg.train.seed, cfg.task.sampling)
@@ -125,8 +132,10 @@ def train(cfg: RunConfig) -> RunResult:
     accuracy = float("nan") if accuracy_before is None else accuracy_before
     step, evaluated = start_step, True
     status.set_state("training")
+    step_start = _RngAtStep.take(sampler)
     try:
         while step < cfg.train.steps and not stop.requested:
+            step_start = _RngAtStep.take(sampler)
             metrics = train_step(cfg, step, student, optimizer, data, sampler, teacher, drafts)
             step += 1
             logger.log(step, metrics)
@@ -141,12 +150,12 @@ def train(cfg: RunConfig) -> RunResult:
         if not evaluated:  # stopped early by a signal
             accuracy = evaluate(step)
     except TeacherClientError as exc:
+        # The failed step drew prompts and rollout samples; a checkpoint taken now must hold
+        # the RNGs as they were before it, so that resuming replays that step exactly.
+        step_start.restore(sampler)
         checkpoint(step)
         status.set_state("failed", str(exc))
-        raise TrainingAborted(
-            f"teacher at {cfg.teacher.target} unavailable after {cfg.teacher.max_retries} "
-            f"retries: {exc}; checkpoint written at step {step}, rerun the same command to resume"
-        ) from exc
+        raise _teacher_failure(cfg, exc, step) from exc
     finally:
         progress.close()
         stop.restore()
@@ -161,6 +170,73 @@ def train(cfg: RunConfig) -> RunResult:
              run_dir / "plots")  # fmt: skip
     return RunResult(run_dir, step, accuracy_before, accuracy, tuple(plots),
                      time.monotonic() - t0, step < cfg.train.steps)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _RngAtStep:
+    """Every RNG a step draws from, as it was before the step (the weights and the optimizer
+    only change at the step's end)."""
+
+    global_rngs: dict[str, Any]
+    data: Mapping[str, Any]
+
+    @classmethod
+    def take(cls, sampler: PromptSampler) -> _RngAtStep:
+        return cls(rng_state(), sampler.state())
+
+    def restore(self, sampler: PromptSampler) -> None:
+        set_rng_state(self.global_rngs)
+        sampler.restore(dict(self.data))
+
+
+def _teacher_failure(cfg: RunConfig, exc: TeacherClientError, step: int) -> Exception:
+    """Why the run stops: an outage that outlasted teacher.outage_s (exit 1), or the teacher's
+    final answer to a request (exit 2), with the teacher's own message."""
+    where = f"checkpoint written at step {step}; rerun the same command to resume"
+    target = cfg.teacher.target
+    if isinstance(exc, TeacherRpcError) and exc.transient:
+        return TrainingAborted(
+            f"teacher at {target} still {exc.code.name} after {exc.waited_s:.0f} s "
+            f"(teacher.outage_s = {cfg.teacher.outage_s:g}, {exc.attempts} attempts of "
+            f"{exc.method}): {exc.details}; {where}"
+        )
+    if isinstance(exc, TeacherRpcError):
+        return TeacherRefused(
+            f"the teacher at {target} refused {exc.method} with {exc.code.name}: {exc.details}"
+            f" (not retried: the same request gets the same answer); {where} once it is fixed"
+        )
+    return TeacherRefused(f"teacher at {target}: {exc}; {where} once it is fixed")
+
+
+class _OutageLog:
+    """Tells the log and the status server that a teacher call is waiting out an outage.
+
+    One WARNING when the wait begins and then at most one per `every_s`, one INFO on recovery.
+    """
+
+    def __init__(self, status: TrainerStatus, every_s: float = 30.0) -> None:
+        self._status, self._every_s = status, every_s
+        self._logged_at: float | None = None
+
+    def __call__(self, event: Outage) -> None:
+        if event.recovered:
+            self._status.teacher_back()
+            log.info("teacher back after %.1f s (%d attempts of %s)", event.waited_s,
+                     event.attempts, event.method)  # fmt: skip
+            self._logged_at = None
+            return
+        self._status.teacher_waiting(
+            TeacherWait(event.method, event.code.name, event.details, event.attempts,
+                        event.waited_s, event.limit_s)  # fmt: skip
+        )
+        now = time.monotonic()
+        if self._logged_at is None or now - self._logged_at >= self._every_s:
+            self._logged_at = now
+            log.warning(
+                "waiting for the teacher: %s %s for %.0f s (%d attempts; giving up after "
+                "teacher.outage_s = %.0f s): %s", event.method, event.code.name, event.waited_s,
+                event.attempts, event.limit_s, event.details,
+            )  # fmt: skip
 
 
 def train_step(
