@@ -37,8 +37,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# One file per certificate: update-ca-certificates links each by its hash (for OpenSSL's CA
+# directory) besides adding it to the bundle, and skips files holding more than one.
 RUN if [ -n "${EXTRA_CA_CERTS}" ]; then \
-      printf '%s\n' "${EXTRA_CA_CERTS}" > /usr/local/share/ca-certificates/tropd-extra.crt \
+      printf '%s\n' "${EXTRA_CA_CERTS}" \
+      | csplit --quiet --elide-empty-files --prefix /usr/local/share/ca-certificates/tropd-extra- \
+        --suffix-format '%02d.crt' - '/-----BEGIN CERTIFICATE-----/' '{*}' \
       && update-ca-certificates; \
     fi
 # A fixed uid/gid so that Kubernetes' runAsUser and fsGroup can name it (10001, as in the chart).
