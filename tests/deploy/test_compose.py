@@ -180,6 +180,24 @@ def test_builds_name_dockerfile_targets_and_tag_their_accelerator(compose: dict[
             assert spec["image"].endswith("-" + spec["build"]["args"]["ACCELERATOR"]), name
 
 
+def test_build_args_unset_give_the_dockerfile_defaults() -> None:
+    """Each build argument compose passes is an ARG of the Dockerfile, and with its variable unset
+    it is the Dockerfile's own default: without a .env, `docker compose build` builds what
+    `docker build` does (the proxy and mirror settings stay opt-in)."""
+    defaults: dict[str, str | None] = {}
+    for instruction in dockerfile_instructions(DOCKERFILE):
+        if instruction.keyword == "ARG":
+            name, has_default, default = instruction.args.partition("=")
+            if has_default or name not in defaults:
+                defaults[name] = default.strip('"') if has_default else None
+    for name, spec in load_compose(env={})["services"].items():
+        for arg, value in spec.get("build", {}).get("args", {}).items():
+            assert arg in defaults, f"{name}: build arg {arg} is not an ARG of the Dockerfile"
+            if arg != "ACCELERATOR":  # chosen per service, checked above
+                expected = defaults[arg]
+                assert value == expected, f"{name}: {arg}={value!r}, Dockerfile: {expected!r}"
+
+
 def _override(service: dict[str, Any], key: str) -> str:
     (value,) = [arg.partition("=")[2] for arg in service["command"] if arg.startswith(key + "=")]
     return value

@@ -66,10 +66,10 @@ def _free_port() -> int:
 
 
 def _image_env(stage: str) -> dict[str, str]:
-    """ENV of the base stage and of `stage`, in order."""
+    """ENV of the stages `stage` is built on (python, base) and of `stage`, in order."""
     env: dict[str, str] = {}
     for instruction in dockerfile_instructions():
-        if instruction.keyword == "ENV" and instruction.stage in {"base", stage}:
+        if instruction.keyword == "ENV" and instruction.stage in {"python", "base", stage}:
             for pair in shlex.split(instruction.args):
                 key, _, value = pair.partition("=")
                 env[key] = value
