@@ -2,7 +2,7 @@
 
 Served by uvicorn on the server's own event loop (`start_http` returns a task), so /readyz and
 /metrics answer while a forward pass runs in the backend's worker thread. Students score over
-gRPC; the TGI-compatible routes (`teacher.tgi_api`) serve tools that speak TGI's HTTP API.
+gRPC; the TGI-compatible routes (`tropd.teacher.tgi_api`) serve tools that speak TGI's HTTP API.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Names carry the `teacher_` prefix and base units (seconds, tokens). Each server gets a fresh
 `CollectorRegistry`, so several servers in one process (tests, benchmarks) do not collide.
-`TeacherMetrics` also implements the scheduler's hooks (`teacher.scheduler.SchedulerHooks`).
+`TeacherMetrics` also implements the scheduler's hooks (`tropd.teacher.scheduler.SchedulerHooks`).
 Per-job series (`teacher_job_*`) carry a `job` label whose values are the bounded set of job
 names from the tokens file (plus "anonymous"), or a short hash of each name, or "-" for all
 (`job_label`, the server's `metrics_job_label`), so an open /metrics need not list who uses the

@@ -1,6 +1,6 @@
 """The asyncio scheduler: batches Score and Generate work from all concurrent calls.
 
-Requests arrive already validated and authenticated, as one `teacher.auth.Job`. Admission
+Requests arrive already validated and authenticated, as one `tropd.teacher.auth.Job`. Admission
 applies that job's quotas (in-flight requests, queued tokens, tokens per request) and the
 server-wide queue bound, which refuses only jobs above their weighted share of it, so one job's
 flood never rejects another job's requests. Each sequence becomes a `WorkItem` with its own
@@ -213,7 +213,7 @@ class Scheduler:
         """Score validated tasks; they may be spread over several batches.
 
         Args:
-            tasks: validated ScoreTasks (see `teacher.validation`).
+            tasks: validated ScoreTasks (see `tropd.teacher.validation`).
             deadline: clock time after which unstarted work is dropped, or None.
             job: who asks: its queue, weight and quotas.
             timing: filled in with the request's queue and compute time, if given.

@@ -5,7 +5,7 @@ backend, all on one event loop; the backend runs in one worker thread. Health
 (grpc.health.v1, services "" and "tropd.teacher.v1.Teacher") says NOT_SERVING until the model is
 loaded and warmed, then SERVING; on stop it goes NOT_SERVING, new calls get UNAVAILABLE, queued
 and in-flight work drains for up to `drain_grace_s`, then everything closes. Job tokens come
-from `tokens_file` (`teacher.auth`), re-read when the file changes (polled every
+from `tokens_file` (`tropd.teacher.auth`), re-read when the file changes (polled every
 `TOKENS_POLL_S`) or on SIGHUP; gRPC runs over TLS (mutual with `tls_client_ca_file`) when a
 certificate is configured, and then the HTTP side port serves TLS with the same certificate
 (or, with `http_plaintext`, stays plain and refuses bearer tokens).

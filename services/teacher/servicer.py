@@ -1,11 +1,12 @@
 """The gRPC servicer: translation only, plus the one place errors become gRPC statuses.
 
-proto request -> `teacher.validation` -> `teacher.scheduler` -> backend outputs -> proto via
-`tropd.wire.types`. No model code and no queue logic live here. `_rpc` wraps every method: it
-authenticates the call's `authorization: Bearer <token>` metadata into a `teacher.auth.Job` and
-checks the job may call the method, refuses work while loading or draining, maps any exception
-through `teacher.errors.to_status` (so nothing reaches a client as UNKNOWN) and counts the call
-by method and status, and by job once the job is known. Health and reflection stay open.
+proto request -> `validation` -> `scheduler` -> backend outputs -> proto via `tropd.wire.types`
+(modules of `tropd.teacher` unless named in full). No model code and no queue logic live here.
+`_rpc` wraps every method: it authenticates the call's `authorization: Bearer <token>` metadata
+into an `auth.Job` and checks the job may call the method, refuses work while loading or
+draining, maps any exception through `errors.to_status` (so nothing reaches a client as
+UNKNOWN) and counts the call by method and status, and by job once the job is known. Health and
+reflection stay open.
 
 `add_to_server` registers the methods with deserializers that never raise: bytes that are not
 a valid request message reach `_rpc` as `Unparseable` and become INVALID_ARGUMENT, counted like

@@ -1,7 +1,7 @@
 """What the gRPC servicer and the HTTP app share: readiness, the model's facts, the limits.
 
 One `ServerState` per server, mutated only on the event loop (start-up, drain). It answers
-"may a request run now?", holds the job table (`auth`, see `teacher.auth`: both the gRPC
+"may a request run now?", holds the job table (`auth`, see `tropd.teacher.auth`: both the gRPC
 servicer and the HTTP routes authenticate through it) and describes the model as the
 `ModelInfo` message both the gRPC `GetModelInfo` and the HTTP `/v1/info` return.
 """

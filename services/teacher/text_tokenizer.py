@@ -4,7 +4,7 @@ The two places that meet text do so here: the TGI-compatible HTTP routes (text i
 and the `tgi` backend (ids out to a server that only takes text). No transformers import, so a
 TGI-backed teacher runs without torch. Special ids come from `tokenizer_config.json` (or
 `special_tokens_map.json`), as `transformers` reads them, so the fingerprint computed here
-equals `teacher.fingerprint.fingerprint_of` on the same folder's `AutoTokenizer`.
+equals `tropd.teacher.fingerprint.fingerprint_of` on the same folder's `AutoTokenizer`.
 """
 
 from __future__ import annotations

@@ -11,10 +11,10 @@ batching, queue limits and metrics with gRPC students. Differences from TGI, by 
 * Unsupported parameters (best_of > 1, repetition/frequency penalty, top_k, typical_p,
   truncate, stop strings, grammar, watermark, adapters, streaming) are refused with 422,
   never silently ignored.
-Callers authenticate like gRPC students (`authorization: Bearer <job token>`, `teacher.auth`):
+Callers authenticate like gRPC students (`authorization: Bearer <job token>`, `tropd.teacher.auth`):
 their work runs under their job's fair share and quotas; generating needs the job's `generate`
 right, prompt log-probs and top-n its `score` right. Errors use TGI's body
-`{"error", "error_type"}` with the HTTP status `teacher.errors` gives each error: 422
+`{"error", "error_type"}` with the HTTP status `tropd.teacher.errors` gives each error: 422
 validation, 429 overloaded, 503 unavailable, 424 generation, 401/403 for a missing or refused
 token.
 """

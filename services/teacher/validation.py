@@ -2,7 +2,7 @@
 
 Every check rejects (never truncates) with a typed error from `tropd.teacher.errors` whose message
 names the item index, the field, the offending value and the limit. What passes satisfies the
-contract in `teacher.backends.base`: ids inside the vocabulary, 1 <= start < end <= len(ids),
+contract in `tropd.teacher.backends.base`: ids inside the vocabulary, 1 <= start < end <= len(ids),
 k and candidate counts within the caps, lengths within the model's maximum.
 """
 

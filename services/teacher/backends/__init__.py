@@ -33,9 +33,9 @@ def load_backend(name: str, **options: Any) -> Backend:
 
     Args:
         name: a registry name, e.g. "hf".
-        **options: that backend's options (for "hf": `teacher.backends.hf.HFOptions` fields,
+        **options: that backend's options (for "hf": `tropd.teacher.backends.hf.HFOptions` fields,
             e.g. model_path, device, dtype, chunk_size, max_sequence_length; for "tgi":
-            `teacher.backends.tgi.TGIOptions`: url, model_path, max_concurrency, timeout_s).
+            `tropd.teacher.backends.tgi.TGIOptions`: url, model_path, max_concurrency, timeout_s).
     Returns:
         The loaded backend.
     Raises:
