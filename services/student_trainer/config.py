@@ -30,7 +30,11 @@ class StudentConfig(_Frozen):
 
 
 class TeacherConfig(_Frozen):
-    target: str = Field("localhost:50051", description="host:port of the teacher gRPC service")
+    target: str = Field(
+        "localhost:50051",
+        description="host:port of the teacher gRPC service, or several replicas balanced round "
+        "robin with health checks: dns:///teacher-headless:50051 or ipv4:HOST:PORT,HOST:PORT",
+    )
     token: str | None = Field(None, description="job bearer token; default $TEACHER_TOKEN")
     timeout_s: float = Field(60.0, gt=0, description="deadline of one call attempt, seconds")
     max_retries: int = Field(
@@ -45,6 +49,14 @@ class TeacherConfig(_Frozen):
         description="how long a training step keeps retrying a teacher that is unreachable, "
         "busy or slow (UNAVAILABLE, RESOURCE_EXHAUSTED with a hint, DEADLINE_EXCEEDED) before "
         "the run checkpoints and exits 1; 15 min covers a teacher restart with a model reload",
+    )
+    max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="Score requests a step sends at once (its rollouts split into that many "
+        "chunks at least), so that every replica behind the target works; null: one per "
+        "replica the target resolves to (1 for host:port: one request after another, which "
+        "keeps a one-teacher run bit-reproducible; scores agree across batchings only to ~2e-6)",
     )
     wait_ready_s: float = Field(120.0, ge=0, description="how long to wait for a ready teacher")
     tls_ca_file: str | None = Field(None, description="PEM CA bundle: connect over TLS")

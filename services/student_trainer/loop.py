@@ -209,7 +209,7 @@ def train_step(
     grades = Grades([], 0.0, 0.0)
     scores: list[ScoredSequence | None] = [None] * len(sequences)
     if needs_teacher_scores(cfg.loss):
-        grades = grade(teacher.client, teacher.info, sequences, cfg.loss)
+        grades = grade(teacher.client, teacher.info, sequences, cfg.loss, teacher.in_flight)
         scores = list(grades.scores)
     teacher_s = draft_s + time.monotonic() - t1
 

@@ -33,6 +33,7 @@ from tropd.trainer.errors import SetupError
 from tropd.trainer.guidance import DraftRequest, Drafts, load_drafts
 from tropd.trainer.losses import needs_topk, unmet_teacher_needs
 from tropd.trainer.prompts import PromptCodec, prompt_format, round_trip_losses, stop_ids
+from tropd.trainer.replicas import replica_addresses
 from tropd.trainer.status_server import StatusServer, TrainerStatus
 from tropd.trainer.tasks import TaskError, load_task
 from tropd.trainer.tasks.base import Example, Task
@@ -71,6 +72,7 @@ class Teacher:
 
     client: TeacherClient
     info: TeacherInfo
+    in_flight: int = 1  # Score requests a step sends at once
 
 
 @dataclass(frozen=True)
@@ -306,13 +308,20 @@ def connect_teacher(cfg: RunConfig, student: Student, data: Data) -> Teacher:
         credentials=credentials,
     )
     try:
+        try:
+            replicas = replica_addresses(cfg.teacher.target)
+        except ValueError as exc:
+            raise SetupError(f"teacher.target: {exc}") from exc
         info = wait_for_teacher(client, cfg.teacher.wait_ready_s)
         check_teacher(cfg, info, student.tokenizer, student.vocab_rows)
         check_lengths(cfg, info, data)
     except SetupError:
         client.close()
         raise
-    return Teacher(client, info)
+    in_flight = cfg.teacher.max_in_flight or len(replicas)
+    log.info("teacher %s: %d replica(s) %s, %d Score request(s) in flight per step",
+             cfg.teacher.target, len(replicas), ", ".join(replicas), in_flight)  # fmt: skip
+    return Teacher(client, info, in_flight)
 
 
 def drafts_source(cfg: RunConfig, teacher: Teacher, data: Data) -> Drafts:
