@@ -58,6 +58,14 @@ class TeacherConfig(_Frozen):
         "replica the target resolves to (1 for host:port: one request after another, which "
         "keeps a one-teacher run bit-reproducible; scores agree across batchings only to ~2e-6)",
     )
+    replica_tolerance: float = Field(
+        0.25,
+        gt=0,
+        description="largest |log-prob difference| (nats) allowed between two replicas of "
+        "teacher.target on the start-up probe, else the run refuses to start. Float32 replicas "
+        "agree to ~1e-5; bf16 on CUDA scored in different batches differs by up to 0.18 "
+        "(docs/gpu.md); different weights differ by whole nats",
+    )
     wait_ready_s: float = Field(120.0, ge=0, description="how long to wait for a ready teacher")
     tls_ca_file: str | None = Field(None, description="PEM CA bundle: connect over TLS")
     tls_cert_file: str | None = Field(None, description="PEM client certificate (mutual TLS)")

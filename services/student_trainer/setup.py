@@ -15,8 +15,10 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
+import numpy as np
 import torch
 from transformers import (
     AutoModelForCausalLM,
@@ -26,14 +28,20 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from tropd.teacher.client import TeacherClient, TeacherInfo, TeacherRpcError, tls_credentials
+from tropd.teacher.client import (
+    TeacherClient,
+    TeacherClientError,
+    TeacherInfo,
+    TeacherRpcError,
+    tls_credentials,
+)
 from tropd.teacher.fingerprint import fingerprint_of
 from tropd.trainer.config import OptimConfig, RunConfig, TaskConfig
 from tropd.trainer.errors import SetupError
 from tropd.trainer.guidance import DraftRequest, Drafts, load_drafts
 from tropd.trainer.losses import needs_topk, unmet_teacher_needs
 from tropd.trainer.prompts import PromptCodec, prompt_format, round_trip_losses, stop_ids
-from tropd.trainer.replicas import replica_addresses
+from tropd.trainer.replicas import check_replicas, probe_replica, replica_addresses
 from tropd.trainer.status_server import StatusServer, TrainerStatus
 from tropd.trainer.tasks import TaskError, load_task
 from tropd.trainer.tasks.base import Example, Task
@@ -315,6 +323,8 @@ def connect_teacher(cfg: RunConfig, student: Student, data: Data) -> Teacher:
         info = wait_for_teacher(client, cfg.teacher.wait_ready_s)
         check_teacher(cfg, info, student.tokenizer, student.vocab_rows)
         check_lengths(cfg, info, data)
+        if len(replicas) > 1:
+            check_replica_set(cfg, replicas, token, credentials, data)
     except SetupError:
         client.close()
         raise
@@ -322,6 +332,38 @@ def connect_teacher(cfg: RunConfig, student: Student, data: Data) -> Teacher:
     log.info("teacher %s: %d replica(s) %s, %d Score request(s) in flight per step",
              cfg.teacher.target, len(replicas), ", ".join(replicas), in_flight)  # fmt: skip
     return Teacher(client, info, in_flight)
+
+
+def check_replica_set(
+    cfg: RunConfig,
+    replicas: list[str],
+    token: str | None,
+    credentials: grpc.ChannelCredentials | None,
+    data: Data,
+) -> None:
+    """Ask each replica behind teacher.target for its info and its scores of one probe batch
+    (the first training prompts); refuse replicas that differ, log the spread when they agree."""
+    probe = [np.asarray(ids, np.int32) for ids in data.codec.encode(data.train[:2]) if len(ids) > 1]
+    options: list[tuple[str, Any]] = []
+    if credentials is not None and cfg.teacher.target.startswith("dns:"):
+        # A replica is dialled by address, but its certificate names the Service.
+        host = cfg.teacher.target.rpartition("/")[2].rpartition(":")[0]
+        options.append(("grpc.ssl_target_name_override", host))
+    answers = []
+    for address in replicas:
+        with TeacherClient(address, token=token, timeout=cfg.teacher.timeout_s,
+                           max_retries=cfg.teacher.max_retries, credentials=credentials,
+                           channel_options=options) as client:  # fmt: skip
+            wait_for_teacher(client, cfg.teacher.wait_ready_s)
+            try:
+                answers.append(probe_replica(address, client, probe))
+            except TeacherClientError as exc:
+                raise SetupError(f"teacher replica {address} failed the probe: {exc}") from exc
+    spread = check_replicas(answers, cfg.teacher.replica_tolerance)
+    log.info("teacher replicas agree: %d replicas (%s), probe of %d tokens, largest |log-prob "
+             "difference| %.3g nats (teacher.replica_tolerance %g)", len(replicas),
+             ", ".join(replicas), sum(int(p.size) - 1 for p in probe), spread,
+             cfg.teacher.replica_tolerance)  # fmt: skip
 
 
 def drafts_source(cfg: RunConfig, teacher: Teacher, data: Data) -> Drafts:

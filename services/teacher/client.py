@@ -126,6 +126,7 @@ class TeacherClient:
         max_retries: int = 5,
         max_message_bytes: int = 512 * 1024 * 1024,
         credentials: grpc.ChannelCredentials | None = None,
+        channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         """Args:
         target: "host:port" of the teacher's gRPC port, or any gRPC target naming several
@@ -135,6 +136,8 @@ class TeacherClient:
         max_retries: retries of UNAVAILABLE / hinted RESOURCE_EXHAUSTED per call.
         max_message_bytes: largest message sent or received.
         credentials: TLS credentials; None for a plaintext channel.
+        channel_options: more gRPC channel arguments (e.g. `grpc.ssl_target_name_override`
+            to verify a replica's certificate by its Service name when dialling its address).
         """
         self.target = target
         self.timeout = timeout
@@ -149,6 +152,7 @@ class TeacherClient:
             # A replica back from a restart rejoins within seconds (gRPC's default backoff
             # grows to 120 s between reconnection attempts).
             ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+            *channel_options,
         ]
         self._channel = (
             grpc.secure_channel(target, credentials, options=options)

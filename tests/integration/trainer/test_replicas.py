@@ -151,6 +151,8 @@ def test_both_replicas_work_and_the_run_equals_a_one_replica_run(
     # max_in_flight: null = one request per resolved replica, here 2.
     err = finish(trainer(balanced(replicas), tmp_path / "two", f"train.steps={steps}"))
     assert "2 replica(s)" in err and "2 Score request(s) in flight" in err
+    assert "teacher replicas agree: 2 replicas" in err  # the start-up consistency check
+    print("\n" + next(line for line in err.splitlines() if "replicas agree" in line))
     served = [r.scores_served() - b for r, b in zip(replicas, before, strict=True)]
     shares = [s / sum(served) for s in served]
     print(f"\nScore calls per replica: {served} (shares {shares})")
