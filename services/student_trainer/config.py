@@ -72,6 +72,22 @@ class TeacherConfig(_Frozen):
     tls_key_file: str | None = Field(None, description="PEM key of tls_cert_file")
 
 
+class RoutingConfig(_Frozen):
+    """Which of `teachers` grades an example's rollouts."""
+
+    field: str | None = Field(
+        None, description="example field (a data set column) whose value names the teacher"
+    )
+    default: str | None = Field(
+        None,
+        description="teacher of examples without the field, and of guidance drafts; null: "
+        "the first teacher by name, and an example without the field is an error",
+    )
+
+
+TEACHER_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
 class TaskConfig(_Frozen):
     name: str = Field("addition", description="'addition' (built-in), 'dataset' or 'jsonl'")
     options: dict[str, Any] = Field(
@@ -146,6 +162,12 @@ class RunConfig(_Frozen):
     name: str = "tropd"
     student: StudentConfig = StudentConfig()
     teacher: TeacherConfig = TeacherConfig()
+    teachers: dict[str, TeacherConfig] = Field(
+        default_factory=dict,
+        description="several teachers by name, each a teacher section (target, token, TLS...), "
+        "chosen per example by routing.field; empty: the one `teacher` grades everything",
+    )
+    routing: RoutingConfig = RoutingConfig()
     task: TaskConfig = TaskConfig()
     rollout: RolloutConfig = RolloutConfig()
     guidance: GuidanceConfig = GuidanceConfig()
@@ -161,6 +183,19 @@ class RunConfig(_Frozen):
             and not self.guidance.drafts_file
         ):
             raise ValueError("guidance.source=file needs guidance.drafts_file")
+        if self.teachers:
+            bad = [n for n in self.teachers if not TEACHER_NAME.fullmatch(n)]
+            if bad:
+                raise ValueError(f"teachers: names {bad} must match {TEACHER_NAME.pattern}")
+            if not self.routing.field:
+                raise ValueError("teachers needs routing.field (the example field naming one)")
+            if self.routing.default is not None and self.routing.default not in self.teachers:
+                raise ValueError(
+                    f"routing.default {self.routing.default!r} is not one of the teachers "
+                    f"{sorted(self.teachers)}"
+                )
+        elif self.routing.field or self.routing.default:
+            raise ValueError("routing needs teachers (a named map); one teacher needs none")
         return self
 
 

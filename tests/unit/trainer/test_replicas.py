@@ -39,3 +39,21 @@ def test_split_keeps_order_and_limits_and_makes_room_for_concurrency() -> None:
     tight = split(sequences, max_request_tokens=20, in_flight=2)  # the limit wins
     assert all(sum(q.ids.size for q in c) <= 20 or len(c) == 1 for c in tight)
     assert [q for c in tight for q in c] == sequences
+
+
+def test_teachers_config_needs_a_routing_field_and_a_known_default() -> None:
+    from tropd.errors import ConfigError
+    from tropd.trainer.config import load_config
+
+    two = ["teachers.math.target=a:1", "teachers.code.target=b:1", "routing.field=domain"]
+    cfg = load_config(None, [*two, "routing.default=math"])
+    assert sorted(cfg.teachers) == ["code", "math"] and cfg.routing.field == "domain"
+    assert load_config(None, []).teachers == {}  # the single-teacher config is unchanged
+    for bad, says in [
+        (two[:2], "routing.field"),
+        ([*two, "routing.default=law"], "not one of the teachers"),
+        (["routing.field=domain"], "routing needs teachers"),
+        (["teachers.Math.target=a:1", "routing.field=domain"], "must match"),
+    ]:
+        with pytest.raises(ConfigError, match=says):
+            load_config(None, bad)
