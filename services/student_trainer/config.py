@@ -30,7 +30,11 @@ class StudentConfig(_Frozen):
 
 
 class TeacherConfig(_Frozen):
-    target: str = Field("localhost:50051", description="host:port of the teacher gRPC service")
+    target: str = Field(
+        "localhost:50051",
+        description="host:port of the teacher gRPC service, or several replicas balanced round "
+        "robin with health checks: dns:///teacher-headless:50051 or ipv4:HOST:PORT,HOST:PORT",
+    )
     token: str | None = Field(None, description="job bearer token; default $TEACHER_TOKEN")
     timeout_s: float = Field(60.0, gt=0, description="deadline of one call attempt, seconds")
     max_retries: int = Field(
@@ -46,10 +50,42 @@ class TeacherConfig(_Frozen):
         "busy or slow (UNAVAILABLE, RESOURCE_EXHAUSTED with a hint, DEADLINE_EXCEEDED) before "
         "the run checkpoints and exits 1; 15 min covers a teacher restart with a model reload",
     )
+    max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="Score requests a step sends at once (its rollouts split into that many "
+        "chunks at least), so that every replica behind the target works; null: one per "
+        "replica the target resolves to (1 for host:port: one request after another, which "
+        "keeps a one-teacher run bit-reproducible; scores agree across batchings only to ~2e-6)",
+    )
+    replica_tolerance: float = Field(
+        0.25,
+        gt=0,
+        description="largest |log-prob difference| (nats) allowed between two replicas of "
+        "teacher.target on the start-up probe, else the run refuses to start. Float32 replicas "
+        "agree to ~1e-5; bf16 on CUDA scored in different batches differs by up to 0.18 "
+        "(docs/gpu.md); different weights differ by whole nats",
+    )
     wait_ready_s: float = Field(120.0, ge=0, description="how long to wait for a ready teacher")
     tls_ca_file: str | None = Field(None, description="PEM CA bundle: connect over TLS")
     tls_cert_file: str | None = Field(None, description="PEM client certificate (mutual TLS)")
     tls_key_file: str | None = Field(None, description="PEM key of tls_cert_file")
+
+
+class RoutingConfig(_Frozen):
+    """Which of `teachers` grades an example's rollouts."""
+
+    field: str | None = Field(
+        None, description="example field (a data set column) whose value names the teacher"
+    )
+    default: str | None = Field(
+        None,
+        description="teacher of examples without the field, and of guidance drafts; null: "
+        "the first teacher by name, and an example without the field is an error",
+    )
+
+
+TEACHER_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
 class TaskConfig(_Frozen):
@@ -126,6 +162,12 @@ class RunConfig(_Frozen):
     name: str = "tropd"
     student: StudentConfig = StudentConfig()
     teacher: TeacherConfig = TeacherConfig()
+    teachers: dict[str, TeacherConfig] = Field(
+        default_factory=dict,
+        description="several teachers by name, each a teacher section (target, token, TLS...), "
+        "chosen per example by routing.field; empty: the one `teacher` grades everything",
+    )
+    routing: RoutingConfig = RoutingConfig()
     task: TaskConfig = TaskConfig()
     rollout: RolloutConfig = RolloutConfig()
     guidance: GuidanceConfig = GuidanceConfig()
@@ -141,6 +183,19 @@ class RunConfig(_Frozen):
             and not self.guidance.drafts_file
         ):
             raise ValueError("guidance.source=file needs guidance.drafts_file")
+        if self.teachers:
+            bad = [n for n in self.teachers if not TEACHER_NAME.fullmatch(n)]
+            if bad:
+                raise ValueError(f"teachers: names {bad} must match {TEACHER_NAME.pattern}")
+            if not self.routing.field:
+                raise ValueError("teachers needs routing.field (the example field naming one)")
+            if self.routing.default is not None and self.routing.default not in self.teachers:
+                raise ValueError(
+                    f"routing.default {self.routing.default!r} is not one of the teachers "
+                    f"{sorted(self.teachers)}"
+                )
+        elif self.routing.field or self.routing.default:
+            raise ValueError("routing needs teachers (a named map); one teacher needs none")
         return self
 
 

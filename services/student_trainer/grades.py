@@ -1,13 +1,20 @@
-"""The teacher's grades of a step's rollouts: one Score request per chunk of sequences that fits
-the teacher's request limit, asking only for what the loss reads.
+"""The teacher's grades of a step's rollouts: Score requests that each fit the teacher's request
+limit, up to `in_flight` of them at once, asking only for what the loss reads.
+
+Several requests in flight is what lets a balanced channel (`TeacherClient` over several
+replicas, round robin) keep every replica busy during one step; one replica batches concurrent
+requests together anyway. Results come back in the order of the sequences whatever order the
+requests finish in, and scores do not depend on how sequences were grouped (float32 scores are
+batch-invariant), so the split changes timing, not training.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from tropd.teacher.client import ScoredSequence, TeacherClient, TeacherInfo
+from tropd.teacher.client import ScoredSequence, ScoreResults, TeacherClient, TeacherInfo
 from tropd.trainer.batch import TrainSequence
 from tropd.trainer.losses import LossConfig, needs_teacher_entropy, needs_topk
 
@@ -32,8 +39,22 @@ def _chunks(sequences: Sequence[TrainSequence], budget: int) -> list[Sequence[Tr
     return chunks
 
 
+def split(
+    sequences: Sequence[TrainSequence], max_request_tokens: int, in_flight: int
+) -> list[Sequence[TrainSequence]]:
+    """Consecutive chunks, each within `max_request_tokens`, and about `in_flight` of them when
+    the limit alone would give fewer (so that that many requests can run at once)."""
+    total = sum(q.ids.size for q in sequences)
+    share = -(-total // max(in_flight, 1))  # ceil: in_flight chunks of about equal tokens
+    return _chunks(sequences, max(1, min(max_request_tokens, share)))
+
+
 def grade(
-    client: TeacherClient, info: TeacherInfo, sequences: Sequence[TrainSequence], loss: LossConfig
+    client: TeacherClient,
+    info: TeacherInfo,
+    sequences: Sequence[TrainSequence],
+    loss: LossConfig,
+    in_flight: int = 1,
 ) -> Grades:
     """Teacher log-probs of every response token, plus top-k / entropy when the loss reads them.
 
@@ -41,18 +62,33 @@ def grade(
         client, info: the teacher and what it said of itself (limits, vocabulary size).
         sequences: the step's rollouts; each is scored from its `context_len` on.
         loss: decides the extras asked for (`needs_topk`, `needs_teacher_entropy`).
+        in_flight: Score requests sent at once (`teacher.max_in_flight`); 1 sends them one
+            after another.
+    Returns:
+        Grades aligned with `sequences`, and the teacher's queue and compute time summed over
+        the requests (in request order, so the sums do not depend on completion order).
+    Raises:
+        TeacherClientError: the first failed request's error, once every request has ended.
     """
     extras = ("entropy",) if needs_teacher_entropy(loss) else ()
     # k may exceed a small vocabulary; the loss uses every column it gets.
     top_k = min(loss.topk, info.vocab_size) if needs_topk(loss) else 0
-    scores: list[ScoredSequence] = []
-    queue_s = compute_s = 0.0
-    for chunk in _chunks(sequences, info.limits.max_request_tokens):
-        results = client.score(
+    chunks = split(sequences, info.limits.max_request_tokens, in_flight)
+
+    def score(chunk: Sequence[TrainSequence]) -> ScoreResults:
+        return client.score(
             [q.ids for q in chunk], starts=[q.context_len for q in chunk], top_k=top_k,
             extras=extras,
         )  # fmt: skip
-        scores.extend(results)
-        queue_s += results.timing.queue_seconds
-        compute_s += results.timing.compute_seconds
+
+    if in_flight <= 1 or len(chunks) == 1:
+        results = [score(chunk) for chunk in chunks]
+    else:
+        # Bounded: at most `in_flight` threads; map keeps the chunks' order and re-raises the
+        # first failure after the pool has waited for the rest (no request is left running).
+        with ThreadPoolExecutor(min(in_flight, len(chunks)), "teacher-score") as pool:
+            results = list(pool.map(score, chunks))
+    scores = [row for result in results for row in result]
+    queue_s = sum(r.timing.queue_seconds for r in results)
+    compute_s = sum(r.timing.compute_seconds for r in results)
     return Grades(scores, queue_s, compute_s)

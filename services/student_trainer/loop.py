@@ -30,18 +30,18 @@ from tropd.trainer.checkpoint import (
 )
 from tropd.trainer.config import RunConfig, dump_config
 from tropd.trainer.evaluate import evaluate_student, report_start
-from tropd.trainer.grades import Grades, grade
+from tropd.trainer.grades import Grades
 from tropd.trainer.guidance import Drafts
 from tropd.trainer.losses import needs_teacher_scores
 from tropd.trainer.plots import plot_run
 from tropd.trainer.rollout import roll_out
+from tropd.trainer.routing import connect_teachers, grade_routed
 from tropd.trainer.run_log import Progress, RunLogger, quiet_progress_bars
 from tropd.trainer.sampler import PromptSampler
 from tropd.trainer.setup import (
     Data,
     Student,
     Teacher,
-    connect_teacher,
     drafts_source,
     load_data,
     load_student,
@@ -74,7 +74,7 @@ def train(cfg: RunConfig) -> RunResult:
         quiet_progress_bars()  # the libraries' own bars too (loading weights, data sets)
     student = load_student(cfg)
     data = load_data(cfg, student.tokenizer, student.generation_eos)
-    teacher = connect_teacher(cfg, student, data)  # refuses a teacher that does not fit
+    teacher = connect_teachers(cfg, student, data)  # refuses a teacher that does not fit
     drafts = drafts_source(cfg, teacher, data)
     optimizer = make_optimizer(student.model, cfg.optim)
     run_dir = Path(cfg.train.run_dir)
@@ -82,7 +82,7 @@ def train(cfg: RunConfig) -> RunResult:
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     status, server = start_status(cfg, run_dir)
     # From here on a teacher restart is waited out (logged, on /v1/status and /metrics).
-    teacher.client.ride_outages(cfg.teacher.outage_s, OutageLog(status))
+    teacher.ride_outages(cfg.teacher.outage_s, OutageLog(status))
 
     # Resume from the newest good checkpoint: weights, optimizer, every RNG, the prompt sampler.
     sampler = PromptSampler(len(data.train), cfg.train.seed, cfg.task.sampling)
@@ -153,7 +153,7 @@ def train(cfg: RunConfig) -> RunResult:
         progress.close()
         stop.restore()
         logger.close()
-        teacher.client.close()
+        teacher.close()
         if server is not None:
             server.stop()
     checkpoint(step)
@@ -206,10 +206,11 @@ def train_step(
 
     # 3. The teacher grades every response token (the `sft` baseline reads no grades).
     t1 = time.monotonic()
-    grades = Grades([], 0.0, 0.0)
+    grades, per_teacher = Grades([], 0.0, 0.0), dict[str, float]()
     scores: list[ScoredSequence | None] = [None] * len(sequences)
     if needs_teacher_scores(cfg.loss):
-        grades = grade(teacher.client, teacher.info, sequences, cfg.loss)
+        grades, per_teacher = grade_routed(teacher, examples, sequences, cfg.loss,
+                                           cfg.routing.default)  # fmt: skip
         scores = list(grades.scores)
     teacher_s = draft_s + time.monotonic() - t1
 
@@ -234,6 +235,7 @@ def train_step(
         "perf/teacher_s": teacher_s,
         "perf/teacher_queue_s": grades.queue_seconds,
         "perf/teacher_compute_s": grades.compute_seconds,
+        **per_teacher,  # teacher/<name>/... with several teachers
     }
 
 

@@ -13,10 +13,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
+import numpy as np
 import torch
 from transformers import (
     AutoModelForCausalLM,
@@ -26,13 +29,21 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from tropd.teacher.client import TeacherClient, TeacherInfo, TeacherRpcError, tls_credentials
+from tropd.teacher.client import (
+    OutageObserver,
+    TeacherClient,
+    TeacherClientError,
+    TeacherInfo,
+    TeacherRpcError,
+    tls_credentials,
+)
 from tropd.teacher.fingerprint import fingerprint_of
-from tropd.trainer.config import OptimConfig, RunConfig, TaskConfig
+from tropd.trainer.config import OptimConfig, RunConfig, TaskConfig, TeacherConfig
 from tropd.trainer.errors import SetupError
 from tropd.trainer.guidance import DraftRequest, Drafts, load_drafts
 from tropd.trainer.losses import needs_topk, unmet_teacher_needs
 from tropd.trainer.prompts import PromptCodec, prompt_format, round_trip_losses, stop_ids
+from tropd.trainer.replicas import check_replicas, probe_replica, replica_addresses
 from tropd.trainer.status_server import StatusServer, TrainerStatus
 from tropd.trainer.tasks import TaskError, load_task
 from tropd.trainer.tasks.base import Example, Task
@@ -67,10 +78,28 @@ class Student:
 
 @dataclass(frozen=True)
 class Teacher:
-    """A connected, checked teacher: the client and what the teacher said of itself."""
+    """A connected, checked teacher: the client and what the teacher said of itself.
+
+    With several teachers (`teachers:` in the config) this is the default one (guidance drafts
+    come from it), and `routes` holds every teacher by name, `route_field` the example field
+    that picks one (`routing.route`)."""
 
     client: TeacherClient
     info: TeacherInfo
+    in_flight: int = 1  # Score requests a step sends at once
+    routes: Mapping[str, Teacher] = field(default_factory=dict)
+    route_field: str | None = None
+
+    def clients(self) -> list[TeacherClient]:
+        return [t.client for t in self.routes.values()] or [self.client]
+
+    def ride_outages(self, seconds: float, observer: OutageObserver) -> None:
+        for client in self.clients():
+            client.ride_outages(seconds, observer)
+
+    def close(self) -> None:
+        for client in self.clients():
+            client.close()
 
 
 @dataclass(frozen=True)
@@ -288,31 +317,69 @@ def check_lengths(cfg: RunConfig, info: TeacherInfo, data: Data) -> None:
         )
 
 
-def connect_teacher(cfg: RunConfig, student: Student, data: Data) -> Teacher:
-    """Wait for the teacher, then refuse it unless it fits this student, loss and recipe's
-    lengths (SetupError)."""
-    token = cfg.teacher.token or os.environ.get("TEACHER_TOKEN")
+def connect_teacher(
+    cfg: RunConfig, student: Student, data: Data, t: TeacherConfig | None = None
+) -> Teacher:
+    """Wait for the teacher (`t`, default `cfg.teacher`), then refuse it unless it fits this
+    student, loss and recipe's lengths, and its replicas agree (SetupError)."""
+    t = cfg.teacher if t is None else t
+    token = t.token or os.environ.get("TEACHER_TOKEN")
     try:
-        credentials = tls_credentials(
-            cfg.teacher.tls_ca_file, cfg.teacher.tls_cert_file, cfg.teacher.tls_key_file
-        )
+        credentials = tls_credentials(t.tls_ca_file, t.tls_cert_file, t.tls_key_file)
     except ValueError as exc:
         raise SetupError(f"teacher TLS settings: {exc}") from exc
     client = TeacherClient(
-        cfg.teacher.target,
-        token=token,
-        timeout=cfg.teacher.timeout_s,
-        max_retries=cfg.teacher.max_retries,
+        t.target, token=token, timeout=t.timeout_s, max_retries=t.max_retries,
         credentials=credentials,
-    )
+    )  # fmt: skip
     try:
-        info = wait_for_teacher(client, cfg.teacher.wait_ready_s)
+        try:
+            replicas = replica_addresses(t.target)
+        except ValueError as exc:
+            raise SetupError(f"teacher.target: {exc}") from exc
+        info = wait_for_teacher(client, t.wait_ready_s)
         check_teacher(cfg, info, student.tokenizer, student.vocab_rows)
         check_lengths(cfg, info, data)
+        if len(replicas) > 1:
+            check_replica_set(t, replicas, token, credentials, data)
     except SetupError:
         client.close()
         raise
-    return Teacher(client, info)
+    in_flight = t.max_in_flight or len(replicas)
+    log.info("teacher %s: %d replica(s) %s, %d Score request(s) in flight per step",
+             t.target, len(replicas), ", ".join(replicas), in_flight)  # fmt: skip
+    return Teacher(client, info, in_flight)
+
+
+def check_replica_set(
+    t: TeacherConfig,
+    replicas: list[str],
+    token: str | None,
+    credentials: grpc.ChannelCredentials | None,
+    data: Data,
+) -> None:
+    """Ask each replica behind `t.target` for its info and its scores of one probe batch (the
+    first training prompts); refuse replicas that differ, log the spread when they agree."""
+    probe = [np.asarray(ids, np.int32) for ids in data.codec.encode(data.train[:2]) if len(ids) > 1]
+    options: list[tuple[str, Any]] = []
+    if credentials is not None and t.target.startswith("dns:"):
+        # A replica is dialled by address, but its certificate names the Service.
+        host = t.target.rpartition("/")[2].rpartition(":")[0]
+        options.append(("grpc.ssl_target_name_override", host))
+    answers = []
+    for address in replicas:
+        with TeacherClient(address, token=token, timeout=t.timeout_s, max_retries=t.max_retries,
+                           credentials=credentials, channel_options=options) as client:  # fmt: skip
+            wait_for_teacher(client, t.wait_ready_s)
+            try:
+                answers.append(probe_replica(address, client, probe))
+            except TeacherClientError as exc:
+                raise SetupError(f"teacher replica {address} failed the probe: {exc}") from exc
+    spread = check_replicas(answers, t.replica_tolerance)
+    log.info("teacher replicas agree: %d replicas (%s), probe of %d tokens, largest |log-prob "
+             "difference| %.3g nats (teacher.replica_tolerance %g)", len(replicas),
+             ", ".join(replicas), sum(int(p.size) - 1 for p in probe), spread,
+             t.replica_tolerance)  # fmt: skip
 
 
 def drafts_source(cfg: RunConfig, teacher: Teacher, data: Data) -> Drafts:

@@ -9,7 +9,12 @@ transformers), so a student job or a notebook can import it anywhere.
     rows[0].logprobs[i]                                  # log-prob of ids[prompt_len + i]
     rows.timing.queue_seconds                            # how long the request queued
 
-One blocking client, thread-safe; a caller on an event loop runs it in a thread. Calls retry
+One blocking client, thread-safe; a caller on an event loop runs it in a thread. A target that
+names several replicas (`dns:///teacher-headless:50051`, `ipv4:10.0.0.1:50051,10.0.0.2:50051`)
+is balanced by gRPC itself: the channel's service config picks `round_robin` over every resolved
+address and gRPC health checking (`tropd.teacher.v1.Teacher`), so a replica that reports
+NOT_SERVING (loading, draining on SIGTERM) or is gone receives no new calls, and a retried call
+goes to the next ready replica. Calls retry
 UNAVAILABLE, and RESOURCE_EXHAUSTED that carries the server's retry hint (a full queue; not a
 request that is simply too big), with exponential backoff and jitter, within one overall
 deadline per call. `ride_outages(seconds, observer)` switches to what a training job wants:
@@ -23,6 +28,7 @@ of the response bytes.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -75,6 +81,17 @@ __all__ = [
 
 
 OUTAGE_MAX_BACKOFF_S = 10.0  # longest pause between attempts while riding out an outage
+MAX_RECONNECT_BACKOFF_MS = 5000
+HEALTH_SERVICE = "tropd.teacher.v1.Teacher"  # what the teacher's grpc.health.v1 reports on
+
+# gRPC's own balancer: round robin over every address the resolver returns, each address in
+# rotation only while its health service says SERVING. With one address it behaves as before.
+SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "healthCheckConfig": {"serviceName": HEALTH_SERVICE},
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -109,14 +126,18 @@ class TeacherClient:
         max_retries: int = 5,
         max_message_bytes: int = 512 * 1024 * 1024,
         credentials: grpc.ChannelCredentials | None = None,
+        channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         """Args:
-        target: "host:port" of the teacher's gRPC port.
+        target: "host:port" of the teacher's gRPC port, or any gRPC target naming several
+            replicas ("dns:///name:port", "ipv4:a:p,b:p"), balanced round robin.
         token: sent as `authorization: Bearer <token>` when given.
         timeout: default overall deadline of one call, retries included, in seconds.
         max_retries: retries of UNAVAILABLE / hinted RESOURCE_EXHAUSTED per call.
         max_message_bytes: largest message sent or received.
         credentials: TLS credentials; None for a plaintext channel.
+        channel_options: more gRPC channel arguments (e.g. `grpc.ssl_target_name_override`
+            to verify a replica's certificate by its Service name when dialling its address).
         """
         self.target = target
         self.timeout = timeout
@@ -125,6 +146,13 @@ class TeacherClient:
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.service_config", SERVICE_CONFIG),
+            # A DNS TXT record must not swap the balancer for another.
+            ("grpc.service_config_disable_resolution", 1),
+            # A replica back from a restart rejoins within seconds (gRPC's default backoff
+            # grows to 120 s between reconnection attempts).
+            ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+            *channel_options,
         ]
         self._channel = (
             grpc.secure_channel(target, credentials, options=options)

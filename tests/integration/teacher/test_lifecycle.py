@@ -71,7 +71,9 @@ def test_health_not_serving_until_warm_then_serving(tiny_llama_dir, make_config)
         with TeacherClient(target, max_retries=0) as client:
             with pytest.raises(TeacherRpcError) as exc:
                 client.score([[1, 2, 3]], 1)
-            assert exc.value.code == grpc.StatusCode.UNAVAILABLE and "loading" in str(exc.value)
+            # The client's health check keeps a loading replica out of rotation: the call
+            # fails on the client side (the server itself would answer UNAVAILABLE "loading").
+            assert exc.value.code == grpc.StatusCode.UNAVAILABLE and "unhealthy" in str(exc.value)
             gate.set()
             loading.result(timeout=60)
             assert health(target) == SERVING and health(target, "tropd.teacher.v1.Teacher") == 1

@@ -68,12 +68,14 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-job-tokens" (include "tropd.fullname" .)) .Values.auth.existingSecret }}
 {{- end }}
 
-{{/* Where students send their gRPC calls: the chart's teacher unless trainer.teacherTarget says otherwise. */}}
+{{/* Where students send their gRPC calls: the chart's teacher unless trainer.teacherTarget says otherwise.
+dns:/// makes gRPC resolve every A record of the headless Service (one per ready pod) and balance
+round robin over them, with health checks; a plain host:port would use only the first. */}}
 {{- define "tropd.teacherTarget" -}}
 {{- if .Values.trainer.teacherTarget }}
 {{- .Values.trainer.teacherTarget }}
 {{- else }}
-{{- printf "%s.%s.svc.cluster.local:%d" (include "tropd.teacher.grpcServiceName" .) .Release.Namespace (int .Values.teacher.ports.grpc) }}
+{{- printf "dns:///%s.%s.svc.cluster.local:%d" (include "tropd.teacher.grpcServiceName" .) .Release.Namespace (int .Values.teacher.ports.grpc) }}
 {{- end }}
 {{- end }}
 
