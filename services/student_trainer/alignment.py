@@ -31,12 +31,6 @@ def response_index(
     return idx_B_T, valid_B_T
 
 
-def gather_positions(x_B_L_D: torch.Tensor, idx_B_T: torch.Tensor) -> torch.Tensor:
-    """x[b, idx[b, t], :] for every (b, t): [B, L, D] -> [B, T, D]."""
-    index = idx_B_T.unsqueeze(-1).expand(-1, -1, x_B_L_D.shape[-1])
-    return x_B_L_D.gather(1, index)
-
-
 def flat_response_positions(
     starts_B: torch.Tensor, lengths_B: torch.Tensor, width_T: int, width_L: int
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,6 +25,7 @@ class TrainSequence:
     prefix_len: int  # teacher-written guidance tokens at the start of the response
     behavior_logprobs: np.ndarray  # float32 [R]; NaN on prefix tokens (the student did not
     # sample them), zeros for teacher drafts trained as they are (sft)
+    finish_reason: str  # "eos" (the response ends with one of the model's eos ids) or "length"
 
     @property
     def response_len(self) -> int:
@@ -41,7 +42,7 @@ def trained_tokens(sequences: Sequence[TrainSequence]) -> int:
 
 
 def draft_sequences(
-    prompts: Sequence[Sequence[int]], drafts: Sequence[np.ndarray]
+    prompts: Sequence[Sequence[int]], drafts: Sequence[np.ndarray], eos_ids: Sequence[int]
 ) -> list[TrainSequence]:
     """The `sft` baseline's rollouts: the teacher's drafts themselves, to train teacher-forced."""
     return [
@@ -51,9 +52,36 @@ def draft_sequences(
             ids=np.concatenate([np.asarray(prompt, np.int64), draft]),
             prefix_len=0,
             behavior_logprobs=np.zeros(draft.size, np.float32),
+            finish_reason="eos" if draft.size and int(draft[-1]) in eos_ids else "length",
         )
         for p, (prompt, draft) in enumerate(zip(prompts, drafts, strict=True))
     ]
+
+
+def plan_micro_batches(
+    sequences: Sequence[TrainSequence], max_rows: int, max_tokens: int | None
+) -> list[list[int]]:
+    """Which rollouts share a forward/backward: lists of indices into `sequences`.
+
+    Without a token budget: `max_rows` consecutive rollouts per micro-batch. With one,
+    rollouts sorted by length (longest first) are packed while rows x padded length stays within
+    `max_tokens` and rows within `max_rows`; a rollout longer than the budget goes alone. The
+    step's gradient does not depend on the plan (the loss normaliser is the step's).
+    """
+    if max_tokens is None:
+        return [list(range(lo, min(lo + max_rows, len(sequences))))
+                for lo in range(0, len(sequences), max_rows)]  # fmt: skip
+    order = sorted(range(len(sequences)), key=lambda i: -int(sequences[i].ids.size))
+    plan: list[list[int]] = []
+    for i in order:
+        # Longest first, so the first row of a micro-batch sets its padded length.
+        if plan and len(plan[-1]) < max_rows:
+            width = int(sequences[plan[-1][0]].ids.size)
+            if (len(plan[-1]) + 1) * width <= max_tokens:
+                plan[-1].append(i)
+                continue
+        plan.append([i])
+    return plan
 
 
 @dataclass

@@ -10,7 +10,7 @@ import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tropd.teacher.client import TeacherClient
-from tropd.trainer.rollout import sample_completions
+from tropd.trainer.rollout import eos_ids_of, sample_completions
 from tropd.trainer.tasks.base import Example, Task
 
 
@@ -57,21 +57,20 @@ def evaluate_student(
     examples: Sequence[Example],
     batch_size: int = 256,
 ) -> EvalResult:
-    """Greedy-decode every example with the student and verify it."""
+    """Greedy-decode every example with the student and verify it (callers wrap the call in
+    the student's autocast)."""
     prompts = encode_prompts(tokenizer, examples)
-    outputs: list[np.ndarray] = []
-    for lo in range(0, len(prompts), batch_size):
-        completions = sample_completions(
-            model,
-            prompts[lo : lo + batch_size],
-            samples_per_context=1,
-            max_new_tokens=task.max_new_tokens,
-            eos_id=tokenizer.eos_token_id,
-            pad_id=tokenizer.pad_token_id,
-            greedy=True,
-        )
-        outputs.extend(c.ids for c in completions)
-    return _score(task, tokenizer, examples, outputs)
+    completions = sample_completions(
+        model,
+        prompts,
+        samples_per_context=1,
+        max_new_tokens=task.max_new_tokens,
+        eos_ids=eos_ids_of(model, tokenizer),
+        pad_id=tokenizer.pad_token_id,
+        greedy=True,
+        batch_size=batch_size,
+    )
+    return _score(task, tokenizer, examples, [c.ids for c in completions])
 
 
 def evaluate_teacher(

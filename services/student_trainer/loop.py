@@ -96,7 +96,8 @@ def train(cfg: RunConfig) -> RunResult:
 
     def evaluate(step: int) -> float:
         status.set_state("evaluating")
-        result = evaluate_student(student.model, student.tokenizer, data.task, data.eval)
+        with student.precision.autocast():
+            result = evaluate_student(student.model, student.tokenizer, data.task, data.eval)
         logger.log(step, {"eval/accuracy": result.accuracy})
         status.update_eval(step, result.accuracy)
         prompt, completion, ok = result.samples[0]
@@ -178,15 +179,16 @@ def train_step(
     # the student, the first `guidance.fraction` of the prompts continuing a teacher prefix.
     t0 = time.monotonic()
     if cfg.loss.method == "sft":
-        sequences = draft_sequences(prompts, drafts.for_step(step, examples, prompts))
+        sequences = draft_sequences(prompts, drafts.for_step(step, examples, prompts),
+                                    student.eos_ids)  # fmt: skip
         prefixes = [np.zeros(0, np.int64)] * len(prompts)
         draft_s, rollout_s = time.monotonic() - t0, 0.0
     else:
         prefixes = drafts.prefixes(step, cfg.train.steps, examples, prompts)
         draft_s = time.monotonic() - t0
-        special_ids = (student.eos_id, student.pad_id)
-        sequences = roll_out(student.model, prompts, prefixes, cfg.rollout, data.max_new_tokens,
-                             special_ids)  # fmt: skip
+        with student.precision.autocast():
+            sequences = roll_out(student.model, prompts, prefixes, cfg.rollout,
+                                 data.max_new_tokens, student.eos_ids, student.pad_id)  # fmt: skip
         rollout_s = time.monotonic() - t0 - draft_s
     correct = [
         data.task.verify(examples[q.prompt_index], decode_text(student.tokenizer, q.response_ids))
@@ -206,7 +208,7 @@ def train_step(
     # test's uniforms are seeded by step, so a resumed run draws the same ones.
     trust_gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
     update = apply_update(student.model, optimizer, sequences, scores, cfg.loss, cfg.optim,
-                          trust_gen, student.pad_id)  # fmt: skip
+                          trust_gen, student.pad_id, student.precision)  # fmt: skip
 
     # 5. Metrics: loss-side names become run-log names (loss_pg -> loss/pg); the token counts
     # (train/response_tokens on-policy, train/prefix_tokens, train/trained_tokens) come from there.
