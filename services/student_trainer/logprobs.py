@@ -54,15 +54,9 @@ class StudentHead:
             softcap=getattr(config, "final_logit_softcapping", None),
         )
 
-    def logits(self, hidden_N_D: torch.Tensor, rows_n: torch.Tensor | None = None) -> torch.Tensor:
-        """float32 logits [N, V] of hidden states [N, D], or only of `rows_n` ([n, V]).
-
-        The matmul runs in the autocast / model dtype; rows are picked before the float32 copy.
-        """
-        logits_N_V = self.linear(hidden_N_D)
-        if rows_n is not None:
-            logits_N_V = logits_N_V[rows_n]
-        logits_N_V = logits_N_V.float()
+    def logits(self, hidden_N_D: torch.Tensor) -> torch.Tensor:
+        """float32 [N, V] logits of hidden states [N, D] (matmul in the autocast/model dtype)."""
+        logits_N_V = self.linear(hidden_N_D).float()
         if self.multiply != 1.0:
             logits_N_V = logits_N_V * self.multiply
         if self.divide != 1.0:
@@ -108,23 +102,22 @@ class TokenStats:
 
 
 def _chunk_stats(
-    head: StudentHead,
-    hidden_C_D: torch.Tensor,
-    rows_n: torch.Tensor,
-    targets_n: torch.Tensor,
-    ids_n_K: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    # The output layer runs on the whole chunk (prompt and padding positions too) and rows are
-    # picked afterwards: with one chunk this is exactly the arithmetic of `model(...).logits`
-    # followed by a gather, so the float32 path is bitwise what the whole-tensor path was.
-    logprobs_n_V = torch.log_softmax(head.logits(hidden_C_D, rows_n), dim=-1)
-    target_n = logprobs_n_V.gather(-1, targets_n[:, None])[:, 0]
-    at_ids_n_K = None if ids_n_K is None else logprobs_n_V.gather(-1, ids_n_K)
-    # Last, and without grad: checkpoint's recompute stops before it (early stop).
+    head: StudentHead, hidden_C_D: torch.Tensor, rows_n: torch.Tensor, ids_n_J: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π at `ids_n_J` (row n of the chunk's `rows_n[n]`) and the entropy of those rows.
+
+    The output layer and the log-softmax run on every row of the chunk (prompt and padding
+    rows too) and one advanced index reads the wanted entries: its backward is one zero-filled
+    [chunk, V] gradient with a sparse write, and with one chunk the arithmetic is exactly that
+    of `model(...).logits` followed by gathers, so the float32 path is bitwise the old one.
+    """
+    logprobs_C_V = torch.log_softmax(head.logits(hidden_C_D), dim=-1)
+    picked_n_J = logprobs_C_V[rows_n[:, None], ids_n_J]
+    # Last, and without grad: checkpoint's recompute stops before it (early stop). nansum: a
+    # token with probability 0 and log-prob -inf (a masked logit) contributes 0, not NaN.
     with torch.no_grad():
-        probs_n_V = logprobs_n_V.exp()
-        entropy_n = -torch.where(probs_n_V > 0, probs_n_V * logprobs_n_V, 0.0).sum(-1)
-    return target_n, at_ids_n_K, entropy_n
+        entropy_C = -(logprobs_C_V.exp() * logprobs_C_V).nansum(-1)
+    return picked_n_J, entropy_C[rows_n]
 
 
 def token_stats(
@@ -149,38 +142,27 @@ def token_stats(
         recomputed chunk by chunk in backward when grad is enabled.
     """
     grad = torch.is_grad_enabled()
+    # The target and the extra ids are read in one index, so backward writes one gradient.
+    ids_N_J = targets_N[:, None] if ids_N_K is None else torch.cat([targets_N[:, None], ids_N_K], 1)
     # `split` (not slicing): backward joins the chunks' gradients once, instead of one
     # [P, D] zero-filled gradient per chunk.
     pieces_C_D = hidden_P_D.split(chunk)
     bounds = torch.arange(len(pieces_C_D) + 1, device=positions_N.device) * chunk
     cuts = torch.searchsorted(positions_N, bounds).tolist()
-    logprobs: list[torch.Tensor] = []
-    at_ids: list[torch.Tensor] = []
+    picked: list[torch.Tensor] = []
     entropy: list[torch.Tensor] = []
     for k, hidden_C_D in enumerate(pieces_C_D):
         lo, hi = cuts[k], cuts[k + 1]
         if lo == hi:
             continue  # no position of this chunk is read (prompt or padding only)
-        args = (
-            head,
-            hidden_C_D,
-            positions_N[lo:hi] - k * chunk,
-            targets_N[lo:hi],
-            None if ids_N_K is None else ids_N_K[lo:hi],
-        )
+        args = (head, hidden_C_D, positions_N[lo:hi] - k * chunk, ids_N_J[lo:hi])
         # Recompute in backward (grad) rather than keep [chunk, V] blocks alive until then.
         out = checkpoint(_chunk_stats, *args, use_reentrant=False) if grad else _chunk_stats(*args)
-        logprobs.append(out[0])
-        if out[1] is not None:
-            at_ids.append(out[1])
-        entropy.append(out[2])
-    empty_N = hidden_P_D.new_zeros(0, dtype=torch.float32)
+        picked.append(out[0])
+        entropy.append(out[1])
+    picked_N_J = torch.cat(picked) if picked else hidden_P_D.new_zeros(0, ids_N_J.shape[1])
     return TokenStats(
-        logprobs_N=torch.cat(logprobs) if logprobs else empty_N,
-        topk_logprobs_N_K=(
-            None
-            if ids_N_K is None
-            else torch.cat(at_ids) if at_ids else empty_N.view(0, ids_N_K.shape[1])
-        ),
-        entropy_N=torch.cat(entropy) if entropy else empty_N,
+        logprobs_N=picked_N_J[:, 0].float(),
+        topk_logprobs_N_K=None if ids_N_K is None else picked_N_J[:, 1:].float(),
+        entropy_N=torch.cat(entropy) if entropy else hidden_P_D.new_zeros(0).float(),
     )
