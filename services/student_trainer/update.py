@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -97,15 +97,22 @@ def _place(values_N: torch.Tensor, valid_B_T: torch.Tensor) -> torch.Tensor:
 
 
 def _step_entropy_threshold(
-    reader: _Reader, batches: Sequence[MicroBatch], loss_cfg: LossConfig, precision: Precision
+    reader: _Reader,
+    plan: Sequence[list[int]],
+    batch: Callable[[list[int]], MicroBatch],
+    loss_cfg: LossConfig,
+    precision: Precision,
 ) -> float | None:
     """`entropy_top20`'s cut over the whole step, so the selected tokens do not depend on the
     micro-batch split; it costs one extra no-grad forward, paid only when there are several."""
-    if loss_cfg.method != "entropy_top20" or len(batches) < 2:
+    if loss_cfg.method != "entropy_top20" or len(plan) < 2:
         return None  # one micro-batch: the loss takes the cut over it, which is the step
-    with torch.no_grad(), precision.autocast():
-        entropies = [_student_side(reader, mb)["student_entropy_B_T"] for mb in batches]
-    masks = [mb.response_mask_B_T.to(reader.device) for mb in batches]
+    entropies, masks = [], []
+    for rows in plan:
+        mb = batch(rows)
+        with torch.no_grad(), precision.autocast():
+            entropies.append(_student_side(reader, mb)["student_entropy_B_T"])
+        masks.append(mb.response_mask_B_T.to(reader.device))
     return entropy_top_threshold(entropies, masks, loss_cfg.entropy_top_fraction)
 
 
@@ -170,11 +177,13 @@ def apply_update(
     optimizer.zero_grad(set_to_none=True)
     parts: list[dict[str, float]] = []
     plan = plan_micro_batches(sequences, optim.micro_batch_size, optim.micro_batch_tokens)
-    batches = [
-        collate([sequences[i] for i in rows], [scores[i] for i in rows], pad_id) for rows in plan
-    ]
-    threshold = _step_entropy_threshold(reader, batches, loss_cfg, precision)
-    for rows, mb in zip(plan, batches, strict=True):
+
+    def batch(rows: list[int]) -> MicroBatch:  # collated when used: one micro-batch at a time
+        return collate([sequences[i] for i in rows], [scores[i] for i in rows], pad_id)
+
+    threshold = _step_entropy_threshold(reader, plan, batch, loss_cfg, precision)
+    for rows in plan:
+        mb = batch(rows)
         with precision.autocast():
             student = _student_side(reader, mb)
         uniform_B_T = uniform_N_T[torch.tensor(rows), : mb.response_ids_B_T.shape[1]]
