@@ -52,7 +52,10 @@ COPY worlds/builtin/ worlds/builtin/
 FROM base AS teacher
 RUN pip install -e ".[teacher]"
 # Defaults for `docker run`: the built-in teacher on CPU. Compose and the Helm chart set these.
+# The container listens on every interface (the teacher's own default is loopback), so it
+# starts only with a tokens file (TEACHER_TOKENS_FILE) or TEACHER_ALLOW_ANONYMOUS=true.
 ENV TEACHER_MODEL=/opt/tropd/worlds/builtin/teacher \
+    TEACHER_HOST=0.0.0.0 \
     TEACHER_PORT=50051 \
     TEACHER_HTTP_PORT=8080
 USER 10001:10001
@@ -90,6 +93,7 @@ COPY services/ /opt/tropd/services/
 RUN pip install "/opt/tropd[tgi]"
 ENV TEACHER_BACKEND=tgi \
     TEACHER_MODEL=/models/tokenizer \
+    TEACHER_HOST=0.0.0.0 \
     TEACHER_PORT=50051 \
     TEACHER_HTTP_PORT=8080
 USER 10001:10001

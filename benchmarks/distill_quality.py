@@ -71,7 +71,8 @@ METHODS: dict[str, list[str]] = {
     "tropd_reward": ["loss.method=tropd", "loss.outlier=topk_fkl_reward"],
     "tropd_mask": ["loss.method=tropd", "loss.outlier=mask"],
     "tropd_clip": ["loss.method=tropd", "loss.outlier=clip"],
-    "tropd_guidance": [*_TROPD, "guidance.fraction=0.5"],
+    # Measured with T=1 drafts, the default until issue 14 made greedy drafts the default.
+    "tropd_guidance": [*_TROPD, "guidance.fraction=0.5", "guidance.temperature=1.0"],
     "tropd_surprise": [*_TROPD[:2], "loss.outlier_weighting=surprise"],
     "tropd_support": [*_TROPD[:2], "loss.outlier_weighting=support"],
     "tropd_prefix_gate": [*_TROPD[:2], "loss.outlier_weighting=prefix_gate"],
@@ -81,7 +82,7 @@ METHODS: dict[str, list[str]] = {
     "jsd": ["loss.method=jsd"],
     "eopd": ["loss.method=eopd"],
     "entropy_top20": ["loss.method=entropy_top20"],
-    "sft": ["loss.method=sft"],
+    "sft": ["loss.method=sft", "guidance.temperature=1.0"],
     # issue 8's c/s0 sensitivity around the defaults (c=2, s0=4), default world only.
     "surprise_c1": [*_TROPD[:2], "loss.outlier_weighting=surprise", "loss.surprise_c=1"],
     "surprise_c4": [*_TROPD[:2], "loss.outlier_weighting=surprise", "loss.surprise_c=4"],

@@ -44,7 +44,7 @@ def world_rows(
         prompts = [e.prompt for e in examples[b * 16 : (b + 1) * 16]]
         contexts = tokenizer(prompts)["input_ids"]
         completions = sample_completions(
-            student, contexts, 4, task.max_new_tokens, tokenizer.eos_token_id,
+            student, contexts, 4, task.max_new_tokens, [tokenizer.eos_token_id],
             tokenizer.pad_token_id, temperature,
         )  # fmt: skip
         for comp in completions:

@@ -9,6 +9,7 @@ packaging).
 Tiny random-weight checkpoints of real architectures are built once per session: ordinary
 `save_pretrained` folders (model + byte-level BPE tokenizer), loaded by the same
 `from_pretrained` path as a real teacher. All three share one tokenizer (same fingerprint).
+A tiny Qwen3 instruct stand-in adds a ChatML chat template and Qwen's end-of-turn token.
 A teacher server on loopback serving the tiny Llama, a client to it, and an independent float32
 reference computed straight from `transformers` serve the teacher tests.
 """
@@ -22,12 +23,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, GenerationConfig, Qwen3Config
 
 from tropd.teacher.client import TeacherClient
 from tropd.teacher.config import ServerConfig
 from tropd.teacher.server import ServerHandle, start_server
-from tropd.teacher.tiny_models import build_tiny_model
+from tropd.teacher.tiny_models import EOS_ID, build_tiny_model, build_tokenizer
+
+# Qwen's ChatML layout, written here (no download): system/user turns, the generation prompt,
+# and Qwen3's `enable_thinking=false` empty think block.
+CHATML_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{ '<think>\n\n</think>\n\n' }}{%- endif %}{%- endif %}"
+)
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +60,39 @@ def tiny_qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """GPT-2 layout (learned positions, head tied to the embedding)."""
     return build_tiny_model(tmp_path_factory.mktemp("tiny_gpt2"), "gpt2", seed=2)
+
+
+def build_tiny_chat_qwen3(out: Path, seed: int = 3) -> Path:
+    """A random Qwen3 (2 layers, width 32) whose tokenizer has a ChatML template; as in Qwen3
+    instruct checkpoints its eos is <|im_end|>, and the generation config lists <|im_end|> and
+    the base <eos>. 4,096 positions, so real-length recipes fit (RoPE has no position weights).
+    """
+    tokenizer = build_tokenizer(96, 4096)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.chat_template = CHATML_TEMPLATE
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    config = Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=4096,
+        tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=im_end,
+        pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=[im_end, EOS_ID],
+        pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_chat_qwen3(tmp_path_factory.mktemp("tiny_chat_qwen3"))
 
 
 def server_config(model_dir: Path, **overrides: object) -> ServerConfig:

@@ -25,7 +25,7 @@ class TrainSequence:
     prefix_len: int  # teacher-written guidance tokens at the start of the response
     behavior_logprobs: np.ndarray  # float32 [R]; NaN on prefix tokens (the student did not
     # sample them), zeros for teacher drafts trained as they are (sft)
-    finish_reason: str  # "eos" (the response ends with one of the model's eos ids) or "length"
+    finish_reason: str = "eos"  # "eos" (the response ends with an eos id) or "length" (cut)
 
     @property
     def response_len(self) -> int:

@@ -295,6 +295,16 @@ def _copy_into(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], stri
         raise CheckpointError(f"weights do not fit {type(model).__name__}: {e}") from e
 
 
+def rng_state() -> dict[str, Any]:
+    """The process's global RNG states (python, numpy, torch, CUDA), as a checkpoint saves them."""
+    return _capture_rng({})
+
+
+def set_rng_state(rng: dict[str, Any]) -> None:
+    """Put back global RNG states taken by `rng_state`."""
+    _restore_rng(rng, {})
+
+
 def _capture_rng(generators: Mapping[str, torch.Generator]) -> dict[str, Any]:
     np_state = np.random.get_state(legacy=False)
     rng: dict[str, Any] = {

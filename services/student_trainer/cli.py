@@ -20,7 +20,7 @@ import sys
 from dataclasses import asdict
 
 from tropd.errors import ConfigError
-from tropd.trainer.config import dump_config, load_config
+from tropd.trainer.config import describe_keys, dump_config, load_config
 from tropd.trainer.errors import TrainerError, TrainingAborted
 
 log = logging.getLogger("tropd.trainer")
@@ -44,21 +44,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_print_config(args: argparse.Namespace) -> int:
-    print(dump_config(load_config(args.config, args.overrides)), end="")
+    from tropd.trainer.tasks import TaskError, check_task_options
+
+    cfg = load_config(args.config, args.overrides)
+    try:  # the task's own options too (unknown keys, missing data files), without loading data
+        check_task_options(cfg.task.name, **cfg.task.options)
+    except TaskError as exc:
+        raise ConfigError(f"task: {exc}") from exc
+    print(dump_config(cfg), end="")
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from tropd.trainer.evaluate import evaluate_student
-    from tropd.trainer.setup import load_student, task_from_config
+    from tropd.trainer.setup import load_data, load_student
 
     cfg = load_config(args.config, [*args.overrides, f"student.path={args.model}"])
     student = load_student(cfg)
-    task = task_from_config(cfg.task)
-    examples = list(task.eval_examples())[: cfg.task.eval_size]
-    result = evaluate_student(student.model, student.tokenizer, task, examples)
-    for prompt, completion, ok in result.samples:
-        print(f"{prompt!r} -> {completion!r} [{'ok' if ok else 'wrong'}]")
+    data = load_data(cfg, student.tokenizer, student.generation_eos)
+    result = evaluate_student(student.model, data.codec, data.task, data.eval,
+                              data.max_new_tokens)  # fmt: skip
+    for sample in result.samples:
+        print(sample.describe())
     print(
         json.dumps(
             {"model": args.model, "accuracy": result.accuracy, "examples": result.num_examples}
@@ -68,26 +75,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate_drafts(args: argparse.Namespace) -> int:
-    from transformers import AutoTokenizer
-
     from tropd.teacher.client import TeacherClient
-    from tropd.trainer.guidance import write_drafts
-    from tropd.trainer.setup import resolve_model_path, task_from_config, wait_for_teacher
+    from tropd.trainer.guidance import DraftRequest, write_drafts
+    from tropd.trainer.setup import load_data, load_tokenizer, wait_for_teacher
 
     cfg = load_config(args.config, args.overrides)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.student.path))
-    task = task_from_config(cfg.task)
+    data = load_data(cfg, *load_tokenizer(cfg))
     with TeacherClient(args.teacher or cfg.teacher.target, token=cfg.teacher.token) as client:
-        wait_for_teacher(client, cfg.teacher.wait_ready_s)
-        n = write_drafts(
-            client,
-            tokenizer,
-            list(task.train_examples()),
-            args.out,
-            max_new_tokens=cfg.rollout.max_new_tokens or task.max_new_tokens,
-            temperature=cfg.guidance.temperature,
-            seed=cfg.train.seed,
+        info = wait_for_teacher(client, cfg.teacher.wait_ready_s)
+        request = DraftRequest(
+            data.max_new_tokens,
+            data.codec.eos_ids,
+            cfg.guidance.temperature,
+            info.limits.max_request_tokens,
         )
+        n = write_drafts(client, data.codec, data.train, args.out, request, seed=cfg.train.seed)
     print(f"wrote {n} drafts to {args.out}")
     return 0
 
@@ -113,11 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="train (resuming from the newest checkpoint of train.run_dir)")
+    keys = "config keys (KEY = default  what it is):\n  " + "\n  ".join(describe_keys())
+    raw = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser(
+        "run", help="train (resuming from the newest checkpoint of train.run_dir)",
+        epilog=keys, formatter_class=raw,
+    )  # fmt: skip
     _add_config_args(p)
     p.set_defaults(fn=_cmd_run)
 
-    p = sub.add_parser("print-config", help="print the resolved config and exit")
+    p = sub.add_parser(
+        "print-config", help="print the resolved config (task files checked) and exit",
+        epilog=keys, formatter_class=raw,
+    )  # fmt: skip
     _add_config_args(p)
     p.set_defaults(fn=_cmd_print_config)
 

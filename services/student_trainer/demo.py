@@ -39,19 +39,16 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
 
 
 def _teacher_accuracy(target: str, cfg_path: str, overrides: list[str]) -> float:
-    from transformers import AutoTokenizer
-
     from tropd.teacher.client import TeacherClient
     from tropd.trainer.evaluate import evaluate_teacher
-    from tropd.trainer.setup import resolve_model_path, task_from_config, wait_for_teacher
+    from tropd.trainer.setup import load_data, load_tokenizer, wait_for_teacher
 
     cfg = load_config(cfg_path, overrides)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.student.path))
-    task = task_from_config(cfg.task)
+    data = load_data(cfg, *load_tokenizer(cfg))
     with TeacherClient(target) as client:
         wait_for_teacher(client, 120)
-        examples = list(task.eval_examples())[: cfg.task.eval_size]
-        return evaluate_teacher(client, tokenizer, task, examples).accuracy
+        return evaluate_teacher(client, data.codec, data.task, data.eval,
+                                data.max_new_tokens).accuracy  # fmt: skip
 
 
 def _train_jobs(args: argparse.Namespace, target: str, out: Path) -> dict[str, dict]:

@@ -13,5 +13,12 @@ class SetupError(TrainerError):
     """The run cannot start; the message says why and what to change."""
 
 
+class TeacherRefused(TrainerError):
+    """The teacher answered a training call with a final error (INVALID_ARGUMENT,
+    FAILED_PRECONDITION, PERMISSION_DENIED, UNAUTHENTICATED, tokenizer mismatch, ...): no retry
+    can change it, so the run stops at once with the teacher's message (exit code 2)."""
+
+
 class TrainingAborted(RuntimeError):
-    """Training stopped for a reason outside the user's input (teacher lost): exit code 1."""
+    """Training stopped for a reason outside the user's input (the teacher stayed unreachable
+    for `teacher.outage_s`): exit code 1."""

@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from transformers import PreTrainedTokenizerBase
 
 from tropd.teacher.client import TeacherClient
 from tropd.trainer.config import GuidanceConfig
 from tropd.trainer.errors import SetupError
-from tropd.trainer.evaluate import encode_prompts
 from tropd.trainer.losses import guidance_prefix_len
+from tropd.trainer.prompts import PromptCodec
 from tropd.trainer.tasks.base import Example
 
 
@@ -27,23 +26,43 @@ class DraftFileError(SetupError):
     """The drafts file is missing, malformed, or lacks a prompt the trainer asked for."""
 
 
+@dataclass(frozen=True)
+class DraftRequest:
+    """How the teacher writes drafts: the response budget, stop ids, temperature, and the
+    teacher's `max_request_tokens` (prompts + new tokens of one Generate request)."""
+
+    max_new_tokens: int
+    eos_ids: tuple[int, ...]
+    temperature: float
+    max_request_tokens: int = 1 << 62
+
+
 def teacher_drafts(
-    client: TeacherClient,
-    prompts: Sequence[Sequence[int]],
-    max_new_tokens: int,
-    eos_id: int,
-    temperature: float,
-    seed: int,
+    client: TeacherClient, prompts: Sequence[Sequence[int]], request: DraftRequest, seed: int
 ) -> list[np.ndarray]:
-    """Ask the teacher service for one draft per prompt (seeded, so a resumed run gets the same)."""
-    results = client.generate(
-        [list(p) for p in prompts],
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        seed=seed,
-        stop_ids=(eos_id,),
-    )
-    return [np.asarray(r.ids, dtype=np.int64) for r in results]
+    """Ask the teacher service for one draft per prompt, in as many Generate requests as its
+    request limit needs. Prompt i samples with seed + i whatever the split, so a resumed run
+    gets the same drafts."""
+    drafts: list[np.ndarray] = []
+    lo = 0
+    while lo < len(prompts):
+        hi, tokens = lo, 0
+        while hi < len(prompts) and (
+            hi == lo or tokens + len(prompts[hi]) + request.max_new_tokens
+            <= request.max_request_tokens
+        ):
+            tokens += len(prompts[hi]) + request.max_new_tokens
+            hi += 1
+        results = client.generate(
+            [list(p) for p in prompts[lo:hi]],
+            max_new_tokens=request.max_new_tokens,
+            temperature=request.temperature,
+            seed=seed + lo,
+            stop_ids=request.eos_ids,
+        )
+        drafts.extend(np.asarray(r.ids, dtype=np.int64) for r in results)
+        lo = hi
+    return drafts
 
 
 def load_drafts(path: str | Path) -> dict[str, np.ndarray]:
@@ -80,11 +99,10 @@ def drafts_for(
 
 def write_drafts(
     client: TeacherClient,
-    tokenizer: PreTrainedTokenizerBase,
+    codec: PromptCodec,
     examples: Sequence[Example],
     out_path: str | Path,
-    max_new_tokens: int,
-    temperature: float = 1.0,
+    request: DraftRequest,
     seed: int = 0,
     batch_size: int = 64,
 ) -> int:
@@ -98,18 +116,15 @@ def write_drafts(
     with out.open("w") as fh:
         for lo in range(0, len(examples), batch_size):
             chunk = examples[lo : lo + batch_size]
-            prompts = encode_prompts(tokenizer, chunk)
-            drafts = teacher_drafts(
-                client, prompts, max_new_tokens, tokenizer.eos_token_id, temperature, seed + lo
-            )
+            drafts = teacher_drafts(client, codec.encode(chunk), request, seed + lo)
             for ex, draft in zip(chunk, drafts, strict=True):
                 fh.write(json.dumps({"prompt": ex.prompt, "draft_ids": draft.tolist()}) + "\n")
     return len(examples)
 
 
-def strip_eos(draft: np.ndarray, eos_id: int) -> np.ndarray:
+def strip_eos(draft: np.ndarray, eos_ids: Sequence[int]) -> np.ndarray:
     """A guidance prefix never includes the draft's eos: the student writes its own ending."""
-    return draft[:-1] if draft.size and draft[-1] == eos_id else draft
+    return draft[:-1] if draft.size and int(draft[-1]) in eos_ids else draft
 
 
 @dataclass(frozen=True)
@@ -124,8 +139,7 @@ class Drafts:
     client: TeacherClient
     table: dict[str, np.ndarray] | None  # {prompt text: draft ids} when cfg.source == "file"
     seed: int
-    max_new_tokens: int
-    eos_id: int
+    request: DraftRequest
 
     def for_step(
         self, step: int, examples: Sequence[Example], prompts: Sequence[Sequence[int]]
@@ -133,10 +147,7 @@ class Drafts:
         """One draft per example (ids ending with eos when the teacher stopped)."""
         if self.table is not None:
             return drafts_for(examples, self.table, str(self.cfg.drafts_file))
-        seed = self.seed * 1_000_003 + step
-        return teacher_drafts(
-            self.client, prompts, self.max_new_tokens, self.eos_id, self.cfg.temperature, seed
-        )
+        return teacher_drafts(self.client, prompts, self.request, self.seed * 1_000_003 + step)
 
     def prefixes(
         self, step: int, total_steps: int, examples: Sequence[Example],
@@ -150,6 +161,6 @@ class Drafts:
         if n_guided:
             drafts = self.for_step(step, examples[:n_guided], prompts[:n_guided])
             for i, draft in enumerate(drafts):
-                draft = strip_eos(draft, self.eos_id)
+                draft = strip_eos(draft, self.request.eos_ids)
                 prefixes[i] = draft[: guidance_prefix_len(step, total_steps, int(draft.size))]
         return prefixes

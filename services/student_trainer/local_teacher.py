@@ -45,7 +45,7 @@ def start_local_teacher(model: str, log_path: Path, extra_args: Sequence[str] = 
     port, http_port = free_port(), free_port()
     cmd = [
         sys.executable, "-m", "tropd.teacher.cli", "serve", "--model", model, "--host", "127.0.0.1",
-        "--port", str(port), "--http-port", str(http_port), *extra_args,
+        "--port", str(port), "--http-port", str(http_port), "--threads", "1", *extra_args,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=log_path.open("w"), stderr=subprocess.STDOUT, env=env)

@@ -15,30 +15,35 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from tropd.teacher.client import ScoredSequence, TeacherClientError
+from tropd.teacher.client import Outage, ScoredSequence, TeacherClientError, TeacherRpcError
 from tropd.trainer.batch import draft_sequences, trained_tokens
 from tropd.trainer.checkpoint import (
     TrainState,
     find_latest_checkpoint,
     load_checkpoint,
+    rng_state,
     save_checkpoint,
+    set_rng_state,
     step_dir_name,
 )
 from tropd.trainer.config import RunConfig, dump_config
-from tropd.trainer.errors import TrainingAborted
-from tropd.trainer.evaluate import decode_text, encode_prompts, evaluate_student
+from tropd.trainer.errors import TeacherRefused, TrainingAborted
+from tropd.trainer.evaluate import EvalResult, evaluate_student
 from tropd.trainer.grades import Grades, grade
 from tropd.trainer.guidance import Drafts
 from tropd.trainer.losses import needs_teacher_scores
 from tropd.trainer.plots import plot_run
 from tropd.trainer.rollout import roll_out
-from tropd.trainer.run_log import Progress, RunLogger
+from tropd.trainer.run_log import Progress, RunLogger, quiet_progress_bars
+from tropd.trainer.sampler import PromptSampler
 from tropd.trainer.setup import (
     Data,
     Student,
@@ -50,6 +55,7 @@ from tropd.trainer.setup import (
     make_optimizer,
     start_status,
 )
+from tropd.trainer.status_server import TeacherWait, TrainerStatus
 from tropd.trainer.update import apply_update
 
 log = logging.getLogger(__name__)
@@ -71,25 +77,29 @@ def train(cfg: RunConfig) -> RunResult:
     t0 = time.monotonic()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    if not cfg.train.progress:
+        quiet_progress_bars()  # the libraries' own bars too (loading weights, data sets)
     student = load_student(cfg)
-    data = load_data(cfg)
-    teacher = connect_teacher(cfg, student)  # refuses a teacher that does not fit (SetupError)
-    drafts = drafts_source(cfg, teacher, data, student)
+    data = load_data(cfg, student.tokenizer, student.generation_eos)
+    teacher = connect_teacher(cfg, student, data)  # refuses a teacher that does not fit
+    drafts = drafts_source(cfg, teacher, data)
     optimizer = make_optimizer(student.model, cfg.optim)
     run_dir = Path(cfg.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     status, server = start_status(cfg, run_dir)
+    # From here on a teacher restart is waited out (logged, on /v1/status and /metrics).
+    teacher.client.ride_outages(cfg.teacher.outage_s, _OutageLog(status))
 
     # Resume from the newest good checkpoint: weights, optimizer, every RNG, the prompt sampler.
-    data_rng = np.random.default_rng(cfg.train.seed)
+    sampler = PromptSampler(len(data.train), cfg.train.seed, cfg.task.sampling)
     latest = find_latest_checkpoint(run_dir) if cfg.train.resume else None
     start_step = 0
     if latest is None:
         torch.manual_seed(cfg.train.seed)  # rollouts sample from the global torch RNG
     else:
         state = load_checkpoint(latest, student.model, optimizer)
-        data_rng.bit_generator.state = state.data_state["numpy_bit_generator"]
+        sampler.restore(state.data_state)
         start_step = state.step
         log.info("resumed from %s (step %d)", latest, start_step)
     logger = RunLogger(run_dir, tensorboard=cfg.train.tensorboard, resume_step=start_step)
@@ -97,19 +107,22 @@ def train(cfg: RunConfig) -> RunResult:
     def evaluate(step: int) -> float:
         status.set_state("evaluating")
         with student.precision.autocast():
-            result = evaluate_student(student.model, student.tokenizer, data.task, data.eval)
+            result = evaluate_student(student.model, data.codec, data.task, data.eval,
+                                      data.max_new_tokens)  # fmt: skip
         logger.log(step, {"eval/accuracy": result.accuracy})
         status.update_eval(step, result.accuracy)
-        prompt, completion, ok = result.samples[0]
-        log.info("step %d eval accuracy %.3f  e.g. %s -> %s (%s)", step, result.accuracy,
-                 prompt, completion, "ok" if ok else "wrong")  # fmt: skip
+        if step == 0:
+            report_start(result)
+        else:
+            log.info("step %d eval accuracy %.3f  e.g. %s", step, result.accuracy,
+                     result.samples[0].describe())  # fmt: skip
         return result.accuracy
 
     def checkpoint(step: int) -> None:
         if (run_dir / "checkpoints" / step_dir_name(step)).is_dir():
             return  # resumed from this very step and trained no further
         status.set_state("checkpointing")
-        state = TrainState(step, {"numpy_bit_generator": data_rng.bit_generator.state})
+        state = TrainState(step, sampler.state())
         save_checkpoint(run_dir, step, student.model, student.tokenizer, optimizer, state,
                         cfg.model_dump(mode="json"), keep_last=cfg.train.keep_last)  # fmt: skip
         status.mark_checkpoint(step)
@@ -120,9 +133,11 @@ def train(cfg: RunConfig) -> RunResult:
     accuracy = float("nan") if accuracy_before is None else accuracy_before
     step, evaluated = start_step, True
     status.set_state("training")
+    step_start = _RngAtStep.take(sampler)
     try:
         while step < cfg.train.steps and not stop.requested:
-            metrics = train_step(cfg, step, student, optimizer, data, data_rng, teacher, drafts)
+            step_start = _RngAtStep.take(sampler)
+            metrics = train_step(cfg, step, student, optimizer, data, sampler, teacher, drafts)
             step += 1
             logger.log(step, metrics)
             status.update_step(step, metrics)
@@ -136,12 +151,12 @@ def train(cfg: RunConfig) -> RunResult:
         if not evaluated:  # stopped early by a signal
             accuracy = evaluate(step)
     except TeacherClientError as exc:
+        # The failed step drew prompts and rollout samples; a checkpoint taken now must hold
+        # the RNGs as they were before it, so that resuming replays that step exactly.
+        step_start.restore(sampler)
         checkpoint(step)
         status.set_state("failed", str(exc))
-        raise TrainingAborted(
-            f"teacher at {cfg.teacher.target} unavailable after {cfg.teacher.max_retries} "
-            f"retries: {exc}; checkpoint written at step {step}, rerun the same command to resume"
-        ) from exc
+        raise _teacher_failure(cfg, exc, step) from exc
     finally:
         progress.close()
         stop.restore()
@@ -158,42 +173,112 @@ def train(cfg: RunConfig) -> RunResult:
                      time.monotonic() - t0, step < cfg.train.steps)  # fmt: skip
 
 
+@dataclass(frozen=True)
+class _RngAtStep:
+    """Every RNG a step draws from, as it was before the step (the weights and the optimizer
+    only change at the step's end)."""
+
+    global_rngs: dict[str, Any]
+    data: Mapping[str, Any]
+
+    @classmethod
+    def take(cls, sampler: PromptSampler) -> _RngAtStep:
+        return cls(rng_state(), sampler.state())
+
+    def restore(self, sampler: PromptSampler) -> None:
+        set_rng_state(self.global_rngs)
+        sampler.restore(dict(self.data))
+
+
+def _teacher_failure(cfg: RunConfig, exc: TeacherClientError, step: int) -> Exception:
+    """Why the run stops: an outage that outlasted teacher.outage_s (exit 1), or the teacher's
+    final answer to a request (exit 2), with the teacher's own message."""
+    where = f"checkpoint written at step {step}; rerun the same command to resume"
+    target = cfg.teacher.target
+    if isinstance(exc, TeacherRpcError) and exc.transient:
+        return TrainingAborted(
+            f"teacher at {target} still {exc.code.name} after {exc.waited_s:.0f} s "
+            f"(teacher.outage_s = {cfg.teacher.outage_s:g}, {exc.attempts} attempts of "
+            f"{exc.method}): {exc.details}; {where}"
+        )
+    if isinstance(exc, TeacherRpcError):
+        return TeacherRefused(
+            f"the teacher at {target} refused {exc.method} with {exc.code.name}: {exc.details}"
+            f" (not retried: the same request gets the same answer); {where} once it is fixed"
+        )
+    return TeacherRefused(f"teacher at {target}: {exc}; {where} once it is fixed")
+
+
+class _OutageLog:
+    """Tells the log and the status server that a teacher call is waiting out an outage.
+
+    One WARNING when the wait begins and then at most one per `every_s`, one INFO on recovery.
+    """
+
+    def __init__(self, status: TrainerStatus, every_s: float = 30.0) -> None:
+        self._status, self._every_s = status, every_s
+        self._logged_at: float | None = None
+
+    def __call__(self, event: Outage) -> None:
+        if event.recovered:
+            self._status.teacher_back()
+            log.info("teacher back after %.1f s (%d attempts of %s)", event.waited_s,
+                     event.attempts, event.method)  # fmt: skip
+            self._logged_at = None
+            return
+        self._status.teacher_waiting(
+            TeacherWait(event.method, event.code.name, event.details, event.attempts,
+                        event.waited_s, event.limit_s)  # fmt: skip
+        )
+        now = time.monotonic()
+        if self._logged_at is None or now - self._logged_at >= self._every_s:
+            self._logged_at = now
+            log.warning(
+                "waiting for the teacher: %s %s for %.0f s (%d attempts; giving up after "
+                "teacher.outage_s = %.0f s): %s", event.method, event.code.name, event.waited_s,
+                event.attempts, event.limit_s, event.details,
+            )  # fmt: skip
+
+
 def train_step(
     cfg: RunConfig,
     step: int,
     student: Student,
     optimizer: torch.optim.Optimizer,
     data: Data,
-    data_rng: np.random.Generator,
+    sampler: PromptSampler,
     teacher: Teacher,
     drafts: Drafts,
 ) -> dict[str, float]:
     """One optimizer step, stage by stage; returns its metrics (the run log's keys)."""
     t_step = time.monotonic()
-    # 1. Prompts, drawn from the seeded sampler (a resumed run draws the same ones).
-    picks = data_rng.choice(len(data.train), size=cfg.rollout.prompts_per_step, replace=True)
-    examples = [data.train[i] for i in picks]
-    prompts = encode_prompts(student.tokenizer, examples)
+    # 1. Prompts from the seeded sampler (each once per epoch by default; a resumed run draws
+    # the same ones), as ids: these exact ids go to the rollout and to the teacher.
+    examples = [data.train[i] for i in sampler.draw(cfg.rollout.prompts_per_step)]
+    prompts = data.codec.encode(examples)
 
     # 2. Rollouts. `sft` trains on the teacher's drafts as they are; every other method samples
     # the student, the first `guidance.fraction` of the prompts continuing a teacher prefix.
     t0 = time.monotonic()
     if cfg.loss.method == "sft":
         sequences = draft_sequences(prompts, drafts.for_step(step, examples, prompts),
-                                    student.eos_ids)  # fmt: skip
+                                    data.codec.eos_ids)  # fmt: skip
         prefixes = [np.zeros(0, np.int64)] * len(prompts)
         draft_s, rollout_s = time.monotonic() - t0, 0.0
     else:
         prefixes = drafts.prefixes(step, cfg.train.steps, examples, prompts)
         draft_s = time.monotonic() - t0
         with student.precision.autocast():
-            sequences = roll_out(student.model, prompts, prefixes, cfg.rollout,
-                                 data.max_new_tokens, student.eos_ids, student.pad_id)  # fmt: skip
+            sequences = roll_out(student.model, prompts, prefixes, cfg.rollout, data.max_new_tokens,
+                                 data.codec.eos_ids, student.pad_id)  # fmt: skip
         rollout_s = time.monotonic() - t0 - draft_s
+    # Verdicts (train-time accuracy only): the verifier sees the example, the response's text
+    # and ids, and why it stopped.
     correct = [
-        data.task.verify(examples[q.prompt_index], decode_text(student.tokenizer, q.response_ids))
+        data.task.verify(examples[q.prompt_index],
+                         data.codec.response(q.response_ids, q.finish_reason))
         for q in sequences
-    ]
+    ]  # fmt: skip
 
     # 3. The teacher grades every response token (the `sft` baseline reads no grades).
     t1 = time.monotonic()
@@ -226,6 +311,24 @@ def train_step(
         "perf/teacher_queue_s": grades.queue_seconds,
         "perf/teacher_compute_s": grades.compute_seconds,
     }
+
+
+def report_start(result: EvalResult) -> None:
+    """The step-0 accuracy with three examples of what the verifier read; loud at 0, which
+    usually means a verifier that cannot read the answers, not a hopeless student."""
+    log.info("start accuracy %.3f on %d eval examples; what the verifier read:", result.accuracy,
+             result.num_examples)  # fmt: skip
+    for sample in result.samples[:3]:
+        log.info("  %s", sample.describe())
+    if result.accuracy == 0:
+        log.warning(
+            "START ACCURACY IS 0: the verifier accepted none of %d greedy answers. Check the "
+            "examples above: the verifier and its marker (task.options.verifier, marker), the "
+            "answers' format, the chat template, and whether responses stop by length "
+            "(rollout.max_new_tokens). Training on a verifier that never matches still runs, "
+            "but its accuracy says nothing",
+            result.num_examples,
+        )
 
 
 def _metric_key(loss_key: str) -> str:

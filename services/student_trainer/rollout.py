@@ -18,7 +18,6 @@ from transformers import (
     LogitsProcessor,
     LogitsProcessorList,
     PreTrainedModel,
-    PreTrainedTokenizerBase,
     StoppingCriteria,
     StoppingCriteriaList,
     TemperatureLogitsWarper,
@@ -80,14 +79,6 @@ class _GatherSampled(StoppingCriteria):
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
-def eos_ids_of(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
-    """Every id that ends a completion: the model's generation config (an int or a list, e.g. a
-    chat model's end-of-turn) and the tokenizer's eos, in that order, without repeats."""
-    declared = getattr(model.generation_config, "eos_token_id", None)
-    ids = declared if isinstance(declared, list) else [declared]
-    return tuple(dict.fromkeys(int(i) for i in [*ids, tokenizer.eos_token_id] if i is not None))
-
-
 def _left_pad(contexts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(c) for c in contexts)
     ids_B_L = torch.full((len(contexts), width), pad_id, dtype=torch.long)
@@ -118,8 +109,8 @@ def sample_completions(
         contexts: token ids per context; lengths may differ (left-padded internally).
         samples_per_context: completions per context, grouped in context order.
         max_new_tokens: hard cap; a completion without eos stops there.
-        eos_ids: every id that ends a completion (the model's generation config and the
-            tokenizer's eos); pad_id: the tokenizer's padding id.
+        eos_ids: every id that ends a completion (the tokenizer's eos, the generation
+            config's, the chat template's end-of-turn token); pad_id: the tokenizer's padding id.
         temperature: sampling temperature (> 0); ignored when greedy.
         greedy: argmax decoding (evaluation).
         batch_size: rows (context x sample) per `generate` call; None = all at once.

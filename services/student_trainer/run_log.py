@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -164,6 +165,19 @@ def _plain(key: str, value: Any) -> Value:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     raise TypeError(f"metric {key!r} has type {type(value).__name__}; expected a number or str")
+
+
+def quiet_progress_bars() -> None:
+    """Silence the libraries' own progress bars (transformers loading and saving weights,
+    `datasets` preparing splits, hub downloads): `train.progress=false` means no bars at all."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when huggingface_hub is imported
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"  # read when datasets is imported
+    for module in ("huggingface_hub.utils", "datasets.utils"):
+        if module in sys.modules:  # already imported: the variables came too late
+            sys.modules[module].disable_progress_bars()
 
 
 class Progress:

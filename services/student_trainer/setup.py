@@ -1,10 +1,11 @@
 """Everything a run needs before step 0, and every refusal that belongs before step 0.
 
-Small constructors the loop calls in order: `load_student`, `load_data`, `connect_teacher`
-(which checks that student and teacher can work together: same tokenizer, fingerprint and
-vocabulary size, and a teacher that offers what the loss needs), `drafts_source`,
-`make_optimizer`, `start_status`. Each refusal is a SetupError that says which side differs
-and how to fix it.
+Small constructors the loop calls in order: `load_student`, `load_data` (the task, the prompt
+format, and a decode round trip that warns when text does not survive the tokenizer),
+`connect_teacher` (which checks that student and teacher can work together: same tokenizer,
+fingerprint and vocabulary size, a teacher that offers what the loss needs, and limits that
+fit the recipe's lengths), `drafts_source`, `make_optimizer`, `start_status`. Each refusal is
+a SetupError that says which side differs and how to fix it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -28,17 +30,20 @@ from tropd.teacher.client import TeacherClient, TeacherInfo, TeacherRpcError, tl
 from tropd.teacher.fingerprint import fingerprint_of
 from tropd.trainer.config import OptimConfig, RunConfig, TaskConfig
 from tropd.trainer.errors import SetupError
-from tropd.trainer.guidance import Drafts, load_drafts
+from tropd.trainer.guidance import DraftRequest, Drafts, load_drafts
 from tropd.trainer.logprobs import StudentHead
 from tropd.trainer.losses import needs_topk, unmet_teacher_needs
 from tropd.trainer.precision import DTYPES, Precision
-from tropd.trainer.rollout import eos_ids_of
+from tropd.trainer.prompts import PromptCodec, prompt_format, round_trip_losses, stop_ids
 from tropd.trainer.status_server import StatusServer, TrainerStatus
 from tropd.trainer.tasks import TaskError, load_task
 from tropd.trainer.tasks.base import Example, Task
 from tropd.trainer.world import builtin_world_dir
 
 log = logging.getLogger(__name__)
+
+GenerationEos = int | list[int] | None
+
 
 @dataclass(frozen=True)
 class Student:
@@ -53,13 +58,9 @@ class Student:
         return int(self.tokenizer.pad_token_id)
 
     @property
-    def eos_id(self) -> int:
-        return int(self.tokenizer.eos_token_id)
-
-    @property
-    def eos_ids(self) -> tuple[int, ...]:
-        """Every id that ends a rollout (`rollout.eos_ids_of`)."""
-        return eos_ids_of(self.model, self.tokenizer)
+    def generation_eos(self) -> GenerationEos:
+        """The generation config's eos ids (Qwen and Llama 3 list several)."""
+        return self.model.generation_config.eos_token_id  # type: ignore[no-any-return]
 
     @property
     def vocab_rows(self) -> int:
@@ -76,11 +77,13 @@ class Teacher:
 
 @dataclass(frozen=True)
 class Data:
-    """The task, its examples, and the response budget of every rollout."""
+    """The task, its examples, how they become prompt ids (`codec`), and the response budget
+    of every rollout, guidance draft and evaluation."""
 
     task: Task
     train: list[Example]
     eval: list[Example]
+    codec: PromptCodec
     max_new_tokens: int
 
 
@@ -177,6 +180,7 @@ def check_teacher(
             f"{mine.short()} but the teacher's is {theirs.short()}; "
             "student and teacher must share one tokenizer (token ids travel on the wire)"
         )
+    log.info("tokenizer fingerprint ok (%s)", mine.short())
     if info.vocab_size != vocab_rows:
         raise SetupError(
             f"vocabulary size mismatch: the student's output layer has {vocab_rows} rows, "
@@ -203,18 +207,120 @@ def check_teacher(
         )
 
 
-def load_data(cfg: RunConfig) -> Data:
+def load_tokenizer(cfg: RunConfig) -> tuple[PreTrainedTokenizerBase, GenerationEos]:
+    """The student's tokenizer and its generation config's eos ids, without loading weights
+    (for commands that only encode: the demo's teacher accuracy, generate-drafts)."""
+    path = resolve_model_path(cfg.student.path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise SetupError(f"cannot load the student's tokenizer from {path!r}: {exc}") from exc
+    try:
+        return tokenizer, GenerationConfig.from_pretrained(path).eos_token_id
+    except OSError:  # no generation_config.json: the tokenizer's eos alone
+        return tokenizer, None
+
+
+def load_data(
+    cfg: RunConfig, tokenizer: PreTrainedTokenizerBase, generation_eos: GenerationEos = None
+) -> Data:
+    """The task and its examples, rendered the way the run will render them: the first prompt
+    is logged as text and ids, and a decode round trip of a few prompts and answers warns when
+    the tokenizer loses characters (a verifier reads decoded text).
+
+    Args:
+        generation_eos: the student's `generation_config.eos_token_id` (an id, a list, None).
+    """
     task = task_from_config(cfg.task)
-    return Data(
+    fmt = prompt_format(
+        tokenizer, cfg.task.chat_template, cfg.task.system_prompt, cfg.task.chat_template_kwargs
+    )
+    codec = PromptCodec(tokenizer, fmt, stop_ids(tokenizer, generation_eos, fmt))
+    data = Data(
         task=task,
         train=list(task.train_examples()),
         eval=list(task.eval_examples())[: cfg.task.eval_size],
+        codec=codec,
         max_new_tokens=cfg.rollout.max_new_tokens or task.max_new_tokens,
     )
+    first = data.train[0]
+    log.info(
+        "prompts %s the chat template; the first, as the model sees it (%d ids): %r",
+        "through" if fmt.chat_template else "without", len(codec.encode([first])[0]),
+        codec.render(first),
+    )  # fmt: skip
+    log.info("responses end at ids %s; budget %d new tokens", list(codec.eos_ids),
+             data.max_new_tokens)  # fmt: skip
+    warn_round_trip(codec, data.train[:3])
+    return data
 
 
-def connect_teacher(cfg: RunConfig, student: Student) -> Teacher:
-    """Wait for the teacher, then refuse it unless it fits this student and loss (SetupError)."""
+def warn_round_trip(codec: PromptCodec, examples: list[Example]) -> None:
+    """Warn, with the example, when decode(encode(text)) does not give back a prompt or an
+    answer: a tokenizer whose decoder drops spaces makes every verifier read mangled text."""
+    rendered = [codec.render(ex) for ex in examples]
+    checks = [("prompt", round_trip_losses(codec.tokenizer, rendered, special=True)),
+              ("answer", round_trip_losses(codec.tokenizer, [ex.answer for ex in examples],
+                                           special=False))]  # fmt: skip
+    for what, losses in checks:
+        if losses:
+            loss = losses[0]
+            log.warning(
+                "decode(encode(text)) loses characters in %d of %d %ss: %r came back as %r "
+                "(first difference at character %d). Verifiers read decoded text, so they may "
+                "never match; check the tokenizer's decoder (e.g. a ByteLevel decoder over a "
+                "vocabulary without byte-level spaces)",
+                len(losses), len(examples), what, loss.text, loss.decoded, loss.first_difference,
+            )  # fmt: skip
+
+
+def longest_prompt(codec: PromptCodec, examples: list[Example], probe: int = 16) -> int:
+    """Ids of the longest prompt among the `probe` examples with the most text (encoding a
+    whole large data set at start-up would take minutes; token counts follow text length)."""
+
+    def chars(ex: Example) -> int:
+        turns = ex.messages or ({"content": ex.prompt},)
+        return sum(len(t["content"]) for t in turns) + len(ex.system or "")
+
+    longest = sorted(examples, key=chars, reverse=True)[:probe]
+    return max((len(ids) for ids in codec.encode(longest)), default=0)
+
+
+def check_lengths(cfg: RunConfig, info: TeacherInfo, data: Data) -> None:
+    """Refuse a recipe whose lengths the teacher would reject after step 0: every rollout is
+    scored as prompt + up to `max_new_tokens` ids, and guidance drafts ask Generate for
+    `max_new_tokens` new ids."""
+    limits, budget = info.limits, data.max_new_tokens
+    prompt = longest_prompt(data.codec, data.train + data.eval)
+    longest = prompt + budget
+    fix = "or lower rollout.max_new_tokens"
+    if longest > limits.max_sequence_length:
+        raise SetupError(
+            f"a rollout can reach {longest} tokens (longest prompt {prompt} + rollout budget "
+            f"{budget}), above the teacher's max_sequence_length {limits.max_sequence_length}; "
+            "serve a teacher that accepts longer sequences (`tropd-teacher serve "
+            "--max-sequence-length`, up to its model's own limit) " + fix
+        )
+    if longest > limits.max_request_tokens:
+        raise SetupError(
+            f"a rollout can reach {longest} tokens, above the teacher's max_request_tokens "
+            f"{limits.max_request_tokens}; raise it (`tropd-teacher serve --max-request-tokens "
+            f"{longest}`) " + fix
+        )
+    drafts_from_teacher = cfg.guidance.source == "teacher" and (
+        cfg.guidance.fraction > 0 or cfg.loss.method == "sft"
+    )
+    if drafts_from_teacher and budget > limits.max_new_tokens:
+        raise SetupError(
+            f"guidance drafts ask the teacher for up to {budget} new tokens (the rollout "
+            f"budget), above its Generate cap max_new_tokens {limits.max_new_tokens}; raise it "
+            f"(`tropd-teacher serve --max-new-tokens {budget}`, TEACHER_MAX_NEW_TOKENS) " + fix
+        )
+
+
+def connect_teacher(cfg: RunConfig, student: Student, data: Data) -> Teacher:
+    """Wait for the teacher, then refuse it unless it fits this student, loss and recipe's
+    lengths (SetupError)."""
     token = cfg.teacher.token or os.environ.get("TEACHER_TOKEN")
     try:
         credentials = tls_credentials(
@@ -232,20 +338,21 @@ def connect_teacher(cfg: RunConfig, student: Student) -> Teacher:
     try:
         info = wait_for_teacher(client, cfg.teacher.wait_ready_s)
         check_teacher(cfg, info, student.tokenizer, student.vocab_rows)
+        check_lengths(cfg, info, data)
     except SetupError:
         client.close()
         raise
     return Teacher(client, info)
 
 
-def drafts_source(cfg: RunConfig, teacher: Teacher, data: Data, student: Student) -> Drafts:
+def drafts_source(cfg: RunConfig, teacher: Teacher, data: Data) -> Drafts:
     """Guidance drafts from the drafts file (read now, so a bad file fails before step 0) or
     from the teacher."""
     path = cfg.guidance.drafts_file
     table = load_drafts(path) if cfg.guidance.source == "file" and path else None
-    return Drafts(
-        cfg.guidance, teacher.client, table, cfg.train.seed, data.max_new_tokens, student.eos_id
-    )
+    request = DraftRequest(data.max_new_tokens, data.codec.eos_ids, cfg.guidance.temperature,
+                           teacher.info.limits.max_request_tokens)  # fmt: skip
+    return Drafts(cfg.guidance, teacher.client, table, cfg.train.seed, request)
 
 
 def make_optimizer(model: PreTrainedModel, cfg: OptimConfig) -> torch.optim.Optimizer:

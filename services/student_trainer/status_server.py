@@ -9,6 +9,12 @@ Step metrics arrive as the same dict the loop logs to metrics.jsonl; these keys 
   GAUGE_METRICS keys       -> their gauge (e.g. train/grad_norm -> trainer_grad_norm)
   train/skipped (0 or 1)   -> trainer_skipped_steps_total (a step dropped for non-finite values)
 Other keys are kept for /v1/status only.
+
+While the loop waits out a teacher outage (`teacher_waiting`), the state is
+`waiting_for_teacher`, /v1/status carries a `teacher` object (since when, how many attempts,
+the last error, the limit `teacher.outage_s`) and /metrics `trainer_teacher_waiting` 1,
+`trainer_teacher_outage_seconds`, `trainer_teacher_retries_total` and
+`trainer_teacher_outages_total`.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ class RunState(StrEnum):
     TRAINING = "training"
     EVALUATING = "evaluating"
     CHECKPOINTING = "checkpointing"
+    WAITING = "waiting_for_teacher"  # riding out a teacher outage (teacher.outage_s)
     DONE = "done"
     STOPPED = "stopped"  # stopped early on a signal; resumable
     FAILED = "failed"
@@ -83,6 +90,21 @@ class StatusSnapshot:
     checkpoint_step: int | None = None
     checkpoint_age_seconds: float | None = None
     skipped_steps: int = 0
+    teacher: TeacherWait | None = None  # set while waiting for the teacher
+    teacher_retries: int = 0  # attempts that failed transiently, since start
+    teacher_outages: int = 0  # waits begun, since start
+
+
+@dataclass(frozen=True)
+class TeacherWait:
+    """An outage being waited out: what the last attempt said and how long it has lasted."""
+
+    method: str
+    code: str
+    details: str
+    attempts: int
+    waited_s: float
+    limit_s: float
 
 
 class TrainerStatus:
@@ -116,6 +138,34 @@ class TrainerStatus:
         # with the steps it loaded.
         self._first: tuple[int, float] | None = None
         self._last_time = 0.0
+        self._wait: tuple[TeacherWait, float] | None = None  # and the clock when it was seen
+        self._resume_state: RunState | None = None
+        self._retries = 0
+        self._outages = 0
+
+    def teacher_waiting(self, wait: TeacherWait) -> None:
+        """Record a failed attempt of an outage being waited out; the state says so."""
+        now = self._clock()
+        with self._lock:
+            if self._wait is None:
+                self._outages += 1
+                self._resume_state = self._state
+            self._retries += 1
+            self._wait = (wait, now)
+            self._state = RunState.WAITING
+            self._detail = (
+                f"teacher {wait.code} for {wait.waited_s:.0f} s ({wait.attempts} attempts, "
+                f"gives up after {wait.limit_s:.0f} s): {wait.details}"
+            )
+
+    def teacher_back(self) -> None:
+        """The teacher answered again: back to the state before the wait."""
+        with self._lock:
+            if self._wait is None:
+                return
+            self._wait = None
+            if self._state == RunState.WAITING:
+                self._state, self._detail = self._resume_state or RunState.TRAINING, None
 
     def update_step(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Record a finished optimizer step and its metrics (non-numeric values are ignored)."""
@@ -146,6 +196,8 @@ class TrainerStatus:
             raise ValueError(f"unknown trainer state {state!r}; known: {known}") from None
         with self._lock:
             self._state, self._detail = parsed, detail
+            if parsed != RunState.WAITING:
+                self._wait = None
 
     def mark_checkpoint(self, step: int) -> None:
         """Record that a checkpoint of `step` was just written (or resumed from)."""
@@ -176,7 +228,20 @@ class TrainerStatus:
                 checkpoint_step=self._checkpoint[0] if self._checkpoint else None,
                 checkpoint_age_seconds=now - self._checkpoint[1] if self._checkpoint else None,
                 skipped_steps=self._skipped,
+                teacher=self._current_wait(now),
+                teacher_retries=self._retries,
+                teacher_outages=self._outages,
             )
+
+    def _current_wait(self, now: float) -> TeacherWait | None:
+        """The outage being waited out, its duration brought up to `now` (lock held)."""
+        if self._wait is None:
+            return None
+        wait, seen = self._wait
+        return TeacherWait(
+            wait.method, wait.code, wait.details, wait.attempts, wait.waited_s + now - seen,
+            wait.limit_s,
+        )  # fmt: skip
 
 
 class _StatusCollector(Collector):
@@ -212,6 +277,25 @@ class _StatusCollector(Collector):
         yield CounterMetricFamily(
             "trainer_skipped_steps", "Steps skipped for non-finite values", value=snap.skipped_steps
         )
+        yield GaugeMetricFamily(
+            "trainer_teacher_waiting",
+            "1 while the trainer waits out a teacher outage (teacher.outage_s)",
+            value=0 if snap.teacher is None else 1,
+        )
+        yield GaugeMetricFamily(
+            "trainer_teacher_outage_seconds",
+            "How long the current teacher outage has lasted (0 when none)",
+            value=0.0 if snap.teacher is None else snap.teacher.waited_s,
+        )
+        yield CounterMetricFamily(
+            "trainer_teacher_retries",
+            "Teacher calls that failed transiently and were retried",
+            value=snap.teacher_retries,
+        )
+        yield CounterMetricFamily(
+            "trainer_teacher_outages", "Teacher outages waited out or given up on",
+            value=snap.teacher_outages,
+        )  # fmt: skip
         optional: dict[str, tuple[str, float | None]] = {
             "trainer_eval_accuracy": ("Task accuracy at the last evaluation", snap.eval_accuracy),
             "trainer_eval_step": ("Step of the last evaluation", snap.eval_step),

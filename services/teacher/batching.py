@@ -1,18 +1,25 @@
 """The batching policy, as a pure function of the queues and the time: no asyncio, no model.
 
-`BatchPlanner` holds pending work items in one FIFO queue per (kind, job) and decides which ones
+`BatchPlanner` holds pending work items in one queue per (kind, job) and decides which ones
 form the next forward pass:
-* fairness: jobs are served by deficit round robin (DRR) in *tokens*: on its turn a job's
-  deficit grows by a quantum proportional to its weight, and it sends items while their lengths
-  fit the deficit. A job that empties its queue loses its deficit (no banking credit while idle).
-  A turn cut short by a full batch resumes in the next batch, so backlogged jobs receive tokens
-  in proportion to their weights, and every job with work gets at least one item per round.
-  The lightest job's quantum is one batch, and a job that becomes active is put next in the
-  ring, so a light job's request rides the next batch instead of queueing behind the floods;
+* fairness: start-time fair queueing (SFQ) in *tokens*. Each job carries a virtual tag: the
+  virtual time at which its next item starts. Sending an item of `n` tokens advances its job's
+  tag by `n / weight`; every batch takes items in order of their jobs' tags, so backlogged jobs
+  receive tokens in proportion to their weights. The virtual time is the largest tag sent so
+  far. A job that becomes active starts at `max(virtual time, its own last tag)`: it banks no
+  credit while idle, and it keeps the debt of a burst it already received. That last part is
+  what closed-loop clients need: a job whose queue empties each time its batch returns (it
+  resends only then) cannot jump ahead again on re-arrival, as it could when an emptied queue
+  forfeited its state (deficit round robin);
+* a sparse job's first item starts at the virtual time, below every backlogged job's tag (ties go
+  to the job with less work queued), so a
+  request of a light job that fits its share of one batch rides the very next batch;
 * budget: a batch costs `len(batch) * max(item.length)` tokens (padding counted) and stays
-  within `max_batch_tokens`; an item longer than the budget runs alone rather than never;
-* bucketing: within its turn a job sends its oldest item first, then those closest in length
-  to it, so one job's batch mates need little padding;
+  within `max_batch_tokens`, or within `contended_batch_tokens` while more than one job has
+  work of that kind waiting (smaller batches, shorter waits for light jobs beside floods); an
+  item longer than the budget runs alone rather than never;
+* bucketing: a job sends its oldest item first, then those closest in length to it, so one
+  job's batch mates need little padding;
 * delay cap: a batch that cannot yet fill the budget waits until its oldest item has waited
   `max_delay_s`; one that can (or a flush, when draining) goes at once;
 * score and generate work never share a batch; the kind with the older head goes first.
@@ -54,24 +61,22 @@ def padded_tokens(items: list[WorkItem]) -> int:
 
 
 @dataclass
-class _Turns:
-    """DRR state of one kind: each job's deficit (tokens) and whose turn is in progress."""
+class _Clock:
+    """SFQ state of one kind: the virtual time and each job's tag (in tokens per weight)."""
 
-    deficit: dict[str, float] = field(default_factory=dict)
-    cursor: str | None = None  # the job whose turn comes next (or continues)
-    # Jobs whose turn a full batch cut short: they resume without a new quantum.
-    granted: frozenset[str] = frozenset()
+    vtime: float = 0.0
+    tags: dict[str, float] = field(default_factory=dict)  # next start tag of each job
 
 
 @dataclass
 class _Plan:
     batch: list[WorkItem]
     full: bool  # work of this kind was left out, or the batch reached the budget
-    turns: _Turns
+    clock: _Clock
 
 
 def _turn_order(items: list[WorkItem]) -> list[WorkItem]:
-    """A job's items in the order its turns take them: oldest, then closest in length to it."""
+    """A job's items in the order it sends them: oldest, then closest in length to it."""
     head = items[0]
     return sorted(items, key=lambda it: (abs(it.length - head.length), it.enqueued_at))
 
@@ -79,16 +84,21 @@ def _turn_order(items: list[WorkItem]) -> list[WorkItem]:
 class BatchPlanner:
     """Pending work and the policy that turns it into batches (see the module docstring)."""
 
-    def __init__(self, max_batch_tokens: int, max_delay_s: float) -> None:
+    def __init__(
+        self, max_batch_tokens: int, max_delay_s: float, contended_batch_tokens: int | None = None
+    ) -> None:
         """Args:
         max_batch_tokens: padded-token budget of one batch.
         max_delay_s: longest time the oldest item waits for a batch to fill.
+        contended_batch_tokens: budget while two or more jobs have work of the batch's kind
+            queued (None: max_batch_tokens).
         """
         self.max_batch_tokens = max_batch_tokens
+        self.contended_batch_tokens = contended_batch_tokens or max_batch_tokens
         self.max_delay_s = max_delay_s
-        # kind -> job -> items in arrival order; dict order is the round-robin ring.
+        # kind -> job -> items in arrival order.
         self._queues: dict[Kind, dict[str, list[WorkItem]]] = {kind: {} for kind in KINDS}
-        self._turns: dict[Kind, _Turns] = {kind: _Turns() for kind in KINDS}
+        self._clocks: dict[Kind, _Clock] = {kind: _Clock() for kind in KINDS}
         self.queued_tokens = 0
         self.job_tokens: dict[str, int] = {}  # queued tokens per job, both kinds
 
@@ -104,6 +114,11 @@ class BatchPlanner:
                 counts[job] = counts.get(job, 0) + len(items)
         return counts
 
+    def budget(self, kind: Kind) -> int:
+        """The padded-token budget of the next batch of `kind`."""
+        contended = len(self._queues[kind]) > 1
+        return self.contended_batch_tokens if contended else self.max_batch_tokens
+
     def _account(self, items: list[WorkItem], sign: int) -> None:
         for item in items:
             self.queued_tokens += sign * item.length
@@ -115,42 +130,21 @@ class BatchPlanner:
 
     def add(self, items: list[WorkItem]) -> None:
         for item in items:
-            if item.job not in self._queues[item.kind]:
-                self._activate(item.kind, item.job)
-            self._queues[item.kind][item.job].append(item)
+            queues, clock = self._queues[item.kind], self._clocks[item.kind]
+            if item.job not in queues:
+                # (Re)activation: no credit for idle time, but a burst already received stays
+                # owed (its tag is ahead of the virtual time).
+                clock.tags[item.job] = max(clock.vtime, clock.tags.get(item.job, clock.vtime))
+                queues[item.job] = []
+            queues[item.job].append(item)
         self._account(items, +1)
 
-    def _activate(self, kind: Kind, job: str) -> None:
-        """Put a job that had no work of `kind` next in the ring, before the cursor.
-
-        As in FQ-CoDel's new-flow list: a sparse job's request, if it fits one quantum, runs in
-        the next batch instead of waiting a whole round behind the backlogged jobs. It arrives
-        with no deficit, and a turn it interrupts resumes without a second quantum, so
-        backlogged jobs keep their long-run weighted shares.
-        """
-        queues, turns = self._queues[kind], self._turns[kind]
-        ring = list(queues.items())
-        at = next((i for i, (name, _) in enumerate(ring) if name == turns.cursor), None)
-        if at is None:
-            queues[job] = []
-            return
-        ring.insert(at, (job, []))
-        self._queues[kind] = dict(ring)
-        turns.cursor = job
-
     def _set_queue(self, kind: Kind, job: str, items: list[WorkItem]) -> None:
-        """Replace a job's queue; an emptied queue leaves the ring and forfeits its deficit."""
-        queues, turns = self._queues[kind], self._turns[kind]
+        """Replace a job's queue; an emptied queue leaves the set of active jobs (its tag stays)."""
         if items:
-            queues[job] = items
-            return
-        if turns.cursor == job:
-            ring = list(queues)
-            after = ring[(ring.index(job) + 1) % len(ring)]
-            turns.cursor = None if after == job else after
-        turns.granted -= {job}
-        del queues[job]
-        turns.deficit.pop(job, None)
+            self._queues[kind][job] = items
+        else:
+            del self._queues[kind][job]
 
     def remove_dead(self, now: float) -> list[WorkItem]:
         """Take out every item nobody waits for any more (see `WorkItem.dead`) and return them."""
@@ -167,56 +161,47 @@ class BatchPlanner:
     def remove_all(self) -> list[WorkItem]:
         removed = [it for queues in self._queues.values() for q in queues.values() for it in q]
         self._queues = {kind: {} for kind in KINDS}
-        self._turns = {kind: _Turns() for kind in KINDS}
+        self._clocks = {kind: _Clock() for kind in KINDS}
         self.queued_tokens = 0
         self.job_tokens = {}
         return removed
 
     def _plan(self, kind: Kind) -> _Plan:
-        """The batch `kind` would send now, by DRR over its jobs, without changing any state."""
-        queues, old = self._queues[kind], self._turns[kind]
-        ring = list(queues)
+        """The batch `kind` would send now, by SFQ over its jobs, without changing any state."""
+        queues, old = self._queues[kind], self._clocks[kind]
+        budget = self.budget(kind)
         ordered = {job: _turn_order(items) for job, items in queues.items()}
-        taken = dict.fromkeys(ring, 0)
-        deficit = {job: old.deficit.get(job, 0.0) for job in ring}
-        # Quanta are proportional to weights, and the lightest job's quantum is one batch (or
-        # its longest item): a light job's whole request rides the next batch rather than one
-        # slice per round, and every job sends at least one item per turn. Long-run shares do
-        # not depend on the quantum; only the burst a turn may take does.
-        weight = {job: items[-1].weight for job, items in queues.items()}
-        longest = max(it.length for items in queues.values() for it in items)
-        per_weight = max(longest, self.max_batch_tokens) / min(weight.values())
-        i = ring.index(old.cursor) if old.cursor in queues else 0
-        granted = set(old.granted) & set(queues)
+        taken = dict.fromkeys(queues, 0)
+        tags = dict(old.tags)
+        vtime = old.vtime
+        # Ties (jobs activated at the same virtual time) go to the job with less work queued
+        # (the sparse one: its whole request may fit), then to the one whose head came first.
+        def tie_key(job: str) -> tuple[int, float]:
+            return sum(it.length for it in queues[job]), ordered[job][0].enqueued_at
+
+        rank = {job: i for i, job in enumerate(sorted(queues, key=tie_key))}
         batch: list[WorkItem] = []
         widest = 0
         full = False
-        while not full and any(taken[job] < len(ordered[job]) for job in ring):
-            job = ring[i]
-            items = ordered[job]
-            if taken[job] < len(items):
-                if job in granted:
-                    granted.discard(job)  # a turn cut short by the last batch: no new quantum
-                else:
-                    deficit[job] += per_weight * weight[job]
-                while taken[job] < len(items) and items[taken[job]].length <= deficit[job]:
-                    item = items[taken[job]]
-                    wider = max(widest, item.length)
-                    if batch and (len(batch) + 1) * wider > self.max_batch_tokens:
-                        full = True
-                        break
-                    batch.append(item)
-                    widest = wider
-                    deficit[job] -= item.length
-                    taken[job] += 1
-                if full:
-                    granted.add(job)
-                    break
-            i = (i + 1) % len(ring)
-        left = {job: d for job, d in deficit.items() if taken[job] < len(ordered[job])}
-        turns = _Turns(left, ring[i] if left else None, frozenset(granted & set(left)))
-        full = full or bool(left) or padded_tokens(batch) >= self.max_batch_tokens
-        return _Plan(sorted(batch, key=lambda it: it.length), full, turns)
+        while True:
+            waiting = [job for job in queues if taken[job] < len(ordered[job])]
+            if not waiting:
+                break
+            job = min(waiting, key=lambda j: (tags[j], rank[j]))
+            item = ordered[job][taken[job]]
+            wider = max(widest, item.length)
+            if batch and (len(batch) + 1) * wider > budget:
+                full = True
+                break
+            batch.append(item)
+            widest = wider
+            taken[job] += 1
+            vtime = max(vtime, tags[job])
+            tags[job] += item.length / item.weight
+        # Tags at or below the virtual time carry no information (activation takes the max).
+        tags = {job: tag for job, tag in tags.items() if tag > vtime or job in queues}
+        full = full or padded_tokens(batch) >= budget
+        return _Plan(sorted(batch, key=lambda it: it.length), full, _Clock(vtime, tags))
 
     def next_batch(self, now: float, flush: bool = False) -> list[WorkItem] | None:
         """Pop the batch to run now, or None when the policy says to wait.
@@ -239,14 +224,11 @@ class BatchPlanner:
             return None
         _, kind, plan = min(due, key=lambda d: d[0])
         taken = {id(item) for item in plan.batch}
-        self._turns[kind] = plan.turns
+        self._clocks[kind] = plan.clock
         for job, items in list(self._queues[kind].items()):
             rest = [item for item in items if id(item) not in taken]
             if len(rest) != len(items):
-                if rest:
-                    self._queues[kind][job] = rest
-                else:
-                    del self._queues[kind][job]
+                self._set_queue(kind, job, rest)
         self._account(plan.batch, -1)
         return plan.batch
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import os
 import signal
@@ -128,6 +129,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_threads() -> int:
+    """Half the CPUs this process may run on (its affinity, not the host's count), at least 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // 2)
+
+
+def set_torch_threads(config: ServerConfig) -> int | None:
+    """Set the serving process's torch CPU threads (`threads`, else `default_threads`).
+
+    Why not torch's default (every core): a CPU teacher next to a trainer on a small machine
+    then fights it for every core, and both slow down many times over.
+
+    Returns:
+        The thread count set, or None when torch is not installed (the TGI backend).
+    """
+    if importlib.util.find_spec("torch") is None:
+        return None
+    import torch
+
+    threads = config.threads or default_threads()
+    torch.set_num_threads(threads)
+    return threads
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from tropd.teacher.server import serve_until_signal  # the server stack, only when serving
 
@@ -136,6 +164,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     print(f"teacher config: {config.to_json()}", flush=True)
+    threads = set_torch_threads(config)
+    if threads is not None:
+        print(f"teacher torch threads: {threads}", flush=True)
 
     async def main() -> bool:
         stop = asyncio.Event()

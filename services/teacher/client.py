@@ -12,7 +12,11 @@ transformers), so a student job or a notebook can import it anywhere.
 One blocking client, thread-safe; a caller on an event loop runs it in a thread. Calls retry
 UNAVAILABLE, and RESOURCE_EXHAUSTED that carries the server's retry hint (a full queue; not a
 request that is simply too big), with exponential backoff and jitter, within one overall
-deadline per call. Results are the wire's own value types (`tropd.wire.types`: ScoredSequence,
+deadline per call. `ride_outages(seconds, observer)` switches to what a training job wants:
+each attempt gets the call timeout, and UNAVAILABLE, hinted RESOURCE_EXHAUSTED and
+DEADLINE_EXCEEDED are retried with backoff for up to `seconds` from the first failure (a
+teacher restart, a model reload), the observer hearing of every wait and of the recovery.
+Results are the wire's own value types (`tropd.wire.types`: ScoredSequence,
 Generation, Timing, Limits, Capabilities), re-exported here; their arrays are read-only views
 of the response bytes.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -38,6 +43,7 @@ from tropd.teacher.client_codec import (
     build_generate_request,
     build_score_request,
     compare_fingerprints,
+    is_transient,
     parse_generate,
     parse_info,
     parse_score,
@@ -53,6 +59,7 @@ __all__ = [
     "Generation",
     "Generations",
     "Limits",
+    "Outage",
     "RetryPolicy",
     "ScoreResults",
     "ScoredSequence",
@@ -65,6 +72,30 @@ __all__ = [
     "TokenizerMismatch",
     "tls_credentials",
 ]
+
+
+OUTAGE_MAX_BACKOFF_S = 10.0  # longest pause between attempts while riding out an outage
+
+
+@dataclass(frozen=True)
+class Outage:
+    """What an outage observer hears: a call is waiting for the teacher, or has got through.
+
+    `waited_s` counts from the call's first failure; `next_try_s` is the pause before the next
+    attempt (0 once recovered).
+    """
+
+    method: str
+    code: grpc.StatusCode
+    details: str
+    attempts: int
+    waited_s: float
+    limit_s: float
+    next_try_s: float = 0.0
+    recovered: bool = False
+
+
+OutageObserver = Callable[[Outage], None]
 
 
 class TeacherClient:
@@ -102,6 +133,20 @@ class TeacherClient:
         )
         self._stub = pb_grpc.TeacherStub(self._channel)
         self._expected_sha: str | None = None  # set by check_tokenizer
+        self._outage_s: float | None = None  # set by ride_outages
+        self._observer: OutageObserver | None = None
+
+    def ride_outages(self, seconds: float | None, observer: OutageObserver | None = None) -> None:
+        """Retry transient failures of every later call for up to `seconds` (None: stop).
+
+        Args:
+            seconds: how long one call keeps retrying UNAVAILABLE, hinted RESOURCE_EXHAUSTED and
+                DEADLINE_EXCEEDED, counted from its first failure; each attempt gets the call
+                timeout. Other codes still fail at once.
+            observer: called (in the calling thread) before each wait and once on recovery;
+                it must not raise.
+        """
+        self._outage_s, self._observer = seconds, observer
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> TeacherClient:
@@ -115,6 +160,8 @@ class TeacherClient:
     def _call(
         self, name: str, method: Callable[..., Any], request: Any, timeout: float | None
     ) -> Any:
+        if self._outage_s is not None:
+            return self._call_riding(name, method, request, timeout, self._outage_s)
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         attempt = 0
         while True:
@@ -125,10 +172,56 @@ class TeacherClient:
                 delay = self.retry.delay_s(error, attempt, error.trailing_metadata())
                 attempt += 1
                 if delay is None or time.monotonic() + delay >= deadline:
+                    transient = is_transient(error.code(), error.trailing_metadata())
                     raise TeacherRpcError(
-                        name, error.code(), error.details() or "", attempt
+                        name, error.code(), error.details() or "", attempt, transient
                     ) from None
                 time.sleep(delay)
+
+    def _call_riding(
+        self,
+        name: str,
+        method: Callable[..., Any],
+        request: Any,
+        timeout: float | None,
+        limit_s: float,
+    ) -> Any:
+        """`_call` while riding outages: per-attempt timeouts, retries for up to `limit_s`."""
+        per_attempt = self.timeout if timeout is None else timeout
+        first_failure: float | None = None
+        attempt = 0
+        last: tuple[grpc.StatusCode, str] = (grpc.StatusCode.OK, "")
+        while True:
+            try:
+                response = method(request, timeout=per_attempt, metadata=self._metadata)
+            except grpc.RpcError as error:
+                code, details = error.code(), error.details() or ""
+                attempt += 1
+                delay = None
+                if is_transient(code, error.trailing_metadata()):
+                    delay = self.retry.backoff_s(code, attempt - 1, error.trailing_metadata())
+                now = time.monotonic()
+                first_failure = now if first_failure is None else first_failure
+                waited = now - first_failure
+                if delay is None:  # the teacher's answer to this request: final
+                    raise TeacherRpcError(name, code, details, attempt) from None
+                delay = min(delay, OUTAGE_MAX_BACKOFF_S)
+                if waited + delay > limit_s:
+                    raise TeacherRpcError(
+                        name, code, details, attempt, transient=True, waited_s=waited
+                    ) from None
+                last = (code, details)
+                self._notify(Outage(name, code, details, attempt, waited, limit_s, delay))
+                time.sleep(delay)
+                continue
+            if first_failure is not None:
+                waited = time.monotonic() - first_failure
+                self._notify(Outage(name, *last, attempt, waited, limit_s, recovered=True))
+            return response
+
+    def _notify(self, event: Outage) -> None:
+        if self._observer is not None:
+            self._observer(event)
 
     def _check_response(self, sha: str) -> None:
         if self._expected_sha is not None and sha and sha != self._expected_sha:

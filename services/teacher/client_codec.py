@@ -31,6 +31,23 @@ from tropd.wire.v1 import teacher_pb2 as pb
 EXTRAS = ("logsumexp", "entropy", "rank")
 _DTYPES: dict[str, pb.DType] = {"float32": pb.DTYPE_FLOAT32, "float16": pb.DTYPE_FLOAT16}
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+# What waiting can cure (RESOURCE_EXHAUSTED only with the server's retry hint): the codes a
+# client riding out an outage keeps retrying. Everything else is the teacher's final answer.
+TRANSIENT = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+)
+
+
+def is_transient(code: grpc.StatusCode, metadata: Any) -> bool:
+    """True when waiting can cure a failure: UNAVAILABLE, DEADLINE_EXCEEDED, or
+    RESOURCE_EXHAUSTED with the server's retry hint (a full queue, not a request too big)."""
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return RETRY_AFTER_KEY in dict(metadata or ())
+    return code in TRANSIENT
 
 
 class TeacherClientError(Exception):
@@ -38,12 +55,32 @@ class TeacherClientError(Exception):
 
 
 class TeacherRpcError(TeacherClientError):
-    """A call failed with a gRPC status (after any retries); `code` and `details` say why."""
+    """A call failed with a gRPC status (after any retries); `code` and `details` say why.
 
-    def __init__(self, method: str, code: grpc.StatusCode, details: str, attempts: int) -> None:
-        super().__init__(f"{method} failed with {code.name} after {attempts} attempt(s): {details}")
+    `transient` is True when waiting could have cured it (the teacher was unreachable, busy or
+    slow: retries ran out), False when it is the teacher's answer to this request (invalid,
+    refused, unauthenticated, unimplemented, ...), which no retry changes.
+    """
+
+    def __init__(
+        self,
+        method: str,
+        code: grpc.StatusCode,
+        details: str,
+        attempts: int,
+        transient: bool = False,
+        waited_s: float = 0.0,
+    ) -> None:
+        over = f" over {waited_s:.1f} s" if waited_s else ""
+        super().__init__(
+            f"{method} failed with {code.name} after {attempts} attempt(s){over}: {details}"
+        )
+        self.method = method
         self.code = code
         self.details = details
+        self.attempts = attempts
+        self.transient = transient
+        self.waited_s = waited_s
 
 
 class TokenizerMismatch(TeacherClientError):
@@ -220,9 +257,19 @@ class RetryPolicy:
         code = error.code()
         if attempt >= self.max_retries or code not in _RETRYABLE:
             return None
+        return self.backoff_s(code, attempt, metadata)
+
+    def backoff_s(self, code: grpc.StatusCode, attempt: int, metadata: Any) -> float | None:
+        """The wait before retry `attempt + 1` of a transient error, with no retry limit.
+
+        Returns:
+            The server's hint times U(1, 1.25), else full-jitter exponential backoff; None for
+            RESOURCE_EXHAUSTED without a hint (a request too big for the server, which no wait
+            cures).
+        """
         hint = dict(metadata or ()).get(RETRY_AFTER_KEY)
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED and hint is None:
-            return None  # a request too big for the server, not a full queue
+            return None
         if hint is not None:
             return float(hint) / 1000 * random.uniform(1.0, 1.25)
-        return random.uniform(0, min(self.max_s, self.base_s * 2**attempt))
+        return random.uniform(0, min(self.max_s, self.base_s * 2 ** min(attempt, 30)))

@@ -7,9 +7,11 @@ has the environment variable `TEACHER_X` (e.g. `max_batch_tokens` <- TEACHER_MAX
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import (
@@ -40,13 +42,24 @@ class ServerConfig(BaseModel):
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
         "float32", description="compute dtype of the weights: float32, bfloat16, float16 or auto"
     )
-    host: str = Field("0.0.0.0", description="address both ports bind to")
+    host: str = Field(
+        "127.0.0.1",
+        description="address both ports bind to (loopback by default; 0.0.0.0 = every "
+        "interface, which needs a tokens file or allow_anonymous)",
+    )
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 = any free port)")
     http_port: int = Field(
         8080, ge=0, le=65535, description="HTTP port for /livez /readyz /metrics (0 = any free)"
     )
     max_batch_tokens: int = Field(
         8192, ge=1, description="token budget of one forward pass, padding included"
+    )
+    contended_batch_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="token budget of a forward pass while two or more jobs have work waiting "
+        "(default: max_batch_tokens); lower it to shorten a light job's wait beside a flood, "
+        "at some throughput",
     )
     max_delay_ms: float = Field(
         5.0, ge=0, description="longest wait for more work to fill a batch, in milliseconds"
@@ -80,8 +93,23 @@ class ServerConfig(BaseModel):
     tgi_timeout_s: float = Field(
         60.0, gt=0, description="backend tgi: HTTP timeout of each request to TGI, in seconds"
     )
-    max_message_bytes: int = Field(
-        512 * 1024 * 1024, ge=1024, description="largest gRPC message sent or received"
+    max_message_bytes: int | None = Field(
+        None,
+        ge=1024,
+        description="largest gRPC message received (default: sized from max_request_tokens "
+        "and max_candidates, see message_limits)",
+    )
+    max_http_body_bytes: int = Field(
+        1024 * 1024, ge=1024, description="largest HTTP request body, checked before parsing"
+    )
+    max_json_depth: int = Field(
+        32, ge=2, le=1000, description="deepest nesting of an HTTP JSON body (arrays, objects)"
+    )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch CPU threads of `serve` (default: half the CPUs this process may "
+        "use, at least 1, so a trainer on the same machine keeps the other half)",
     )
     tokens_file: str | None = Field(
         None,
@@ -89,7 +117,25 @@ class ServerConfig(BaseModel):
         '"anonymous"; reloaded on change or SIGHUP',
     )
     allow_anonymous: bool = Field(
-        False, description="with a tokens file, serve calls without a token as job anonymous"
+        False,
+        description="with a tokens file, serve calls without a token as job anonymous; "
+        "without one, allow binding a non-loopback host with no authentication",
+    )
+    http_plaintext: bool = Field(
+        False,
+        description="with TLS: keep the HTTP port plaintext (probes) and refuse bearer tokens "
+        "there; default: the HTTP port serves TLS with the gRPC certificate",
+    )
+    metrics_job_label: Literal["name", "hash", "none"] = Field(
+        "name",
+        description="the job label of per-job /metrics series: the tokens-file name, a short "
+        'hash of it, or "none" (per-job series all read job="-")',
+    )
+    refusal_log_interval_s: float = Field(
+        10.0,
+        ge=0,
+        description="at most one WARNING per refusal reason per this many seconds; the rest "
+        "are counted in teacher_refusal_logs_suppressed_total",
     )
     tls_cert_file: str | None = Field(None, description="PEM certificate chain: gRPC over TLS")
     tls_key_file: str | None = Field(None, description="PEM private key of tls_cert_file")
@@ -119,6 +165,16 @@ class ServerConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _open_host_needs_auth(self) -> ServerConfig:
+        if not is_loopback(self.host) and self.tokens_file is None and not self.allow_anonymous:
+            raise ValueError(
+                f"host {self.host} is reachable from other machines but no tokens_file is "
+                "set: anyone could use the teacher. Give a tokens file (--tokens-file), bind "
+                "loopback (--host 127.0.0.1), or pass --allow-anonymous to serve everyone"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _request_fits_queue(self) -> ServerConfig:
         if self.max_request_tokens > self.max_queue_tokens:
             raise ValueError(
@@ -130,6 +186,51 @@ class ServerConfig(BaseModel):
     def to_json(self) -> str:
         """The resolved configuration as one JSON line (printed at start-up); secrets masked."""
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine reaches (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: assume it resolves to a reachable interface
+
+
+@dataclass(frozen=True)
+class MessageLimits:
+    """gRPC message size limits, in bytes."""
+
+    receive: int
+    send: int
+
+
+# Room for a request's or response's framing besides its arrays: per-item tags, dtype, shape,
+# strings (model id, tokenizer hash). Generous: 32 bytes per item (an item holds >= 2 tokens)
+# plus a fixed 64 KiB.
+_FRAMING_BYTES = 64 * 1024
+
+
+def message_limits(config: ServerConfig) -> MessageLimits:
+    """The gRPC limits implied by the request limits (or `max_message_bytes` when set).
+
+    A Score request holds at most `max_request_tokens` int32 ids plus, per scored position, up
+    to `max_candidates` int32 candidate ids; a response holds per position a float32 log-prob,
+    `max_top_k` ids and log-probs, `max_candidates` log-probs and three float32 extras.
+
+    Returns:
+        Receive: what a largest valid request needs (or `max_message_bytes`); send: what a
+        largest valid response needs (never below receive).
+    """
+    tokens = config.max_request_tokens
+    per_item = 16 * tokens  # 32 bytes per item, items of two tokens
+    receive = 4 * tokens * (1 + config.max_candidates) + per_item + _FRAMING_BYTES
+    per_position = 4 + 8 * config.max_top_k + 4 * config.max_candidates + 12
+    send = per_position * tokens + per_item + _FRAMING_BYTES
+    if config.max_message_bytes is not None:
+        receive = config.max_message_bytes
+    return MessageLimits(receive, max(send, receive))
 
 
 def env_name(field: str) -> str:

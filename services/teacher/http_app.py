@@ -16,10 +16,14 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
+from tropd.teacher.config import ServerConfig
 from tropd.teacher.errors import TeacherError
+from tropd.teacher.http_limits import BodyLimits
 from tropd.teacher.metrics import CONTENT_TYPE
 from tropd.teacher.state import ServerState
 from tropd.teacher.tgi_api import tgi_router
+
+JSON_ROUTES = ("/", "/generate", "/tokenize")  # POST routes whose bodies are JSON
 
 
 def build_app(state: ServerState) -> FastAPI:
@@ -30,7 +34,8 @@ def build_app(state: ServerState) -> FastAPI:
     Returns:
         An app with GET /livez, /readyz, /metrics, /v1/info and /v1/jobs (job token
         required when the server enforces tokens), plus TGI's POST /,
-        /generate, /tokenize and GET /info.
+        /generate, /tokenize and GET /info; every body bounded by `max_http_body_bytes`
+        and every JSON body by `max_json_depth` before a route sees it (`http_limits`).
     """
     app = FastAPI(title="tropd teacher", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -66,7 +71,24 @@ def build_app(state: ServerState) -> FastAPI:
         return JSONResponse(state.jobs_dict())
 
     app.include_router(tgi_router(state))
+    config = state.config
+    app.add_middleware(
+        BodyLimits,  # type: ignore[arg-type]  # plain ASGI middleware
+        max_body_bytes=config.max_http_body_bytes,
+        max_json_depth=config.max_json_depth,
+        json_paths=JSON_ROUTES,
+        refuse_tokens=config.tls_cert_file is not None and config.http_plaintext,
+    )
     return app
+
+
+def http_tls(config: ServerConfig) -> bool:
+    """True when the HTTP port serves TLS: gRPC does and `http_plaintext` is off.
+
+    The certificate is gRPC's; client certificates are not asked for on HTTP (probes and
+    Prometheus rarely hold one), bearer tokens authenticate the routes that need a job.
+    """
+    return config.tls_cert_file is not None and not config.http_plaintext
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -101,7 +123,16 @@ async def start_http(
     """
     sock = bind_socket(host, port)
     bound = sock.getsockname()[1]
-    config = uvicorn.Config(build_app(state), lifespan="off", access_log=False, log_level="warning")
+    c = state.config
+    tls = http_tls(c)
+    config = uvicorn.Config(
+        build_app(state),
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        ssl_certfile=c.tls_cert_file if tls else None,
+        ssl_keyfile=c.tls_key_file if tls else None,
+    )
     server = _EmbeddedServer(config)
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]), name="http")
     while not server.started and not task.done():

@@ -4,14 +4,19 @@ Names carry the `teacher_` prefix and base units (seconds, tokens). Each server 
 `CollectorRegistry`, so several servers in one process (tests, benchmarks) do not collide.
 `TeacherMetrics` also implements the scheduler's hooks (`teacher.scheduler.SchedulerHooks`).
 Per-job series (`teacher_job_*`) carry a `job` label whose values are the bounded set of job
-names from the tokens file (plus "anonymous"); calls refused before a job is known count only in
-the server-wide `teacher_rejections`.
+names from the tokens file (plus "anonymous"), or a short hash of each name, or "-" for all
+(`job_label`, the server's `metrics_job_label`), so an open /metrics need not list who uses the
+teacher; calls refused before a job is known count only in the server-wide
+`teacher_rejections`. `RefusalLog` rate-limits the WARNING lines of refused calls.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -32,14 +37,30 @@ _TOKENS = tuple(float(2**i) for i in range(4, 21))  # 16 .. 1M
 _RATIO = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 
 
+JobLabel = Literal["name", "hash", "none"]
+
+
+def job_label_of(name: str, mode: JobLabel) -> str:
+    """The `job` label value of a job: its name, "h-" + 8 hex digits of its hash, or "-"."""
+    if mode == "name":
+        return name
+    if mode == "hash":
+        return "h-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return "-"
+
+
 class TeacherMetrics:
     """Every metric the teacher exports, bound to one registry."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, job_label: JobLabel = "name"
+    ) -> None:
         """Args:
         registry: where to register; default a new private registry.
+        job_label: how per-job series name their job (see `job_label_of`).
         """
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.job_label_mode: JobLabel = job_label
         r = self.registry
         self.requests = Counter(
             "teacher_requests",
@@ -133,10 +154,20 @@ class TeacherMetrics:
             ["job", "reason"],
             registry=r,
         )
+        self.refusal_logs_suppressed = Counter(
+            "teacher_refusal_logs_suppressed",
+            "Refused calls not logged (at most one WARNING per reason per interval)",
+            ["reason"],
+            registry=r,
+        )
         self._queued_jobs: set[str] = set()
         self.ready = Gauge(
             "teacher_ready", "1 when the model is loaded, warmed and not draining", registry=r
         )
+
+    def job(self, name: str) -> str:
+        """The `job` label value of job `name`."""
+        return job_label_of(name, self.job_label_mode)
 
     def render(self) -> bytes:
         """The registry in the Prometheus text format."""
@@ -146,16 +177,20 @@ class TeacherMetrics:
         self.queue_tokens.set(tokens)
         self.queue_sequences.set(items)
         self._queued_jobs |= set(job_tokens)  # emptied queues must read 0, not their last value
+        per_label: dict[str, int] = {}
         for job in self._queued_jobs:
-            self.job_queue_tokens.labels(job).set(job_tokens.get(job, 0))
+            label = self.job(job)
+            per_label[label] = per_label.get(label, 0) + job_tokens.get(job, 0)
+        for label, queued in per_label.items():
+            self.job_queue_tokens.labels(label).set(queued)
 
     def on_batch(self, kind: str, served: Sequence[Served], padded_tokens: int) -> None:
         real_tokens = 0
         for item in served:
             wait = max(0.0, item.wait_s)
             self.queue_wait.labels(kind).observe(wait)
-            self.job_queue_wait.labels(item.job).observe(wait)
-            self.job_served_tokens.labels(item.job).inc(item.tokens)
+            self.job_queue_wait.labels(self.job(item.job)).observe(wait)
+            self.job_served_tokens.labels(self.job(item.job)).inc(item.tokens)
             real_tokens += item.tokens
         self.batch_tokens.labels(kind).observe(padded_tokens)
         if padded_tokens:
@@ -167,4 +202,42 @@ class TeacherMetrics:
     def on_rejection(self, reason: str, job: str | None = None) -> None:
         self.rejections.labels(reason).inc()
         if job is not None:
-            self.job_rejections.labels(job, reason).inc()
+            self.job_rejections.labels(self.job(job), reason).inc()
+
+
+class RefusalLog:
+    """WARNING lines for refused calls, at most one per reason per `interval_s`.
+
+    A flood of bad calls must not flood the log: the first refusal of a reason in an interval is
+    logged (with how many were held back since the last line), the rest only counted in
+    `teacher_refusal_logs_suppressed_total{reason}`.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval_s: float,
+        metrics: TeacherMetrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log, self._interval, self._metrics, self._clock = logger, interval_s, metrics, clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def warning(self, reason: str, message: str, *args: Any) -> bool:
+        """Log `message % args` unless `reason` was logged within the interval.
+
+        Returns:
+            True when the line was written.
+        """
+        now = self._clock()
+        last = self._last.get(reason)
+        if last is not None and now - last < self._interval:
+            self._held[reason] = self._held.get(reason, 0) + 1
+            self._metrics.refusal_logs_suppressed.labels(reason).inc()
+            return False
+        self._last[reason] = now
+        held = self._held.pop(reason, 0)
+        suffix = f" ({held} more refused for {reason} since the last line)" if held else ""
+        self._log.warning(message + suffix, *args)
+        return True

@@ -5,7 +5,7 @@ applies that job's quotas (in-flight requests, queued tokens, tokens per request
 server-wide queue bound, which refuses only jobs above their weighted share of it, so one job's
 flood never rejects another job's requests. Each sequence becomes a `WorkItem` with its own
 future, queued under its job; one loop task asks the `BatchPlanner` for the next batch
-(per-job deficit round robin in tokens, token budget, delay cap, bucketing) and
+(start-time fair queueing over jobs in tokens, token budget, delay cap, bucketing) and
 runs it on the backend in ONE worker thread, so the event loop keeps serving health checks,
 metrics and new requests during a forward pass. Work whose caller cancelled or whose deadline
 passed is dropped before it reaches the backend. A failed forward fails only the futures of its
@@ -125,6 +125,7 @@ class SchedulerConfig:
     max_batch_tokens: int  # padded tokens per forward pass
     max_delay_s: float  # longest wait for a batch to fill
     max_queue_tokens: int  # queued tokens before RESOURCE_EXHAUSTED (for jobs over their share)
+    contended_batch_tokens: int | None = None  # budget while 2+ jobs wait; None = the max
 
 
 def _item_error(item: WorkItem, now: float) -> TeacherError:
@@ -159,7 +160,9 @@ class Scheduler:
         self._hooks = hooks or NullHooks()
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="teacher-backend")
-        self._planner = BatchPlanner(config.max_batch_tokens, config.max_delay_s)
+        self._planner = BatchPlanner(
+            config.max_batch_tokens, config.max_delay_s, config.contended_batch_tokens
+        )
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._in_flight: list[WorkItem] = []

@@ -7,7 +7,8 @@ loaded and warmed, then SERVING; on stop it goes NOT_SERVING, new calls get UNAV
 and in-flight work drains for up to `drain_grace_s`, then everything closes. Job tokens come
 from `tokens_file` (`teacher.auth`), re-read when the file changes (polled every
 `TOKENS_POLL_S`) or on SIGHUP; gRPC runs over TLS (mutual with `tls_client_ca_file`) when a
-certificate is configured, while the HTTP side port stays plain for probes.
+certificate is configured, and then the HTTP side port serves TLS with the same certificate
+(or, with `http_plaintext`, stays plain and refuses bearer tokens).
 
     tropd-teacher serve --model PATH          # the CLI (SIGTERM/SIGINT -> drain, exit 0)
     handle = start_server(config)             # in-process, in a background thread
@@ -30,14 +31,13 @@ from grpc_reflection.v1alpha import reflection
 
 from tropd.teacher.auth import Authenticator
 from tropd.teacher.backends.base import Backend
-from tropd.teacher.config import ServerConfig
-from tropd.teacher.http_app import start_http
+from tropd.teacher.config import ServerConfig, message_limits
+from tropd.teacher.http_app import http_tls, start_http
 from tropd.teacher.metrics import TeacherMetrics
 from tropd.teacher.scheduler import MonotonicClock, Scheduler, SchedulerConfig
-from tropd.teacher.servicer import TeacherServicer
+from tropd.teacher.servicer import TeacherServicer, add_to_server
 from tropd.teacher.state import ServerState
 from tropd.wire.v1 import teacher_pb2 as pb
-from tropd.wire.v1 import teacher_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
     import uvicorn
@@ -77,7 +77,8 @@ class TeacherServer:
         """
         self.config = config
         auth = Authenticator(config.tokens_file, config.allow_anonymous)  # TokensFileError
-        self.state = ServerState(config, TeacherMetrics(), auth=auth)
+        metrics = TeacherMetrics(job_label=config.metrics_job_label)
+        self.state = ServerState(config, metrics, auth=auth)
         self.grpc_port = 0
         self.http_port = 0
         self._backend = backend
@@ -123,8 +124,9 @@ class TeacherServer:
             self._watch_task = asyncio.get_running_loop().create_task(self._watch_tokens())
         tls = "mutual TLS" if self.config.tls_client_ca_file else "TLS"
         log.info(
-            "listening: grpc %d (%s), http %d",
-            self.grpc_port, tls if self.config.tls_cert_file else "plaintext", self.http_port,
+            "listening on %s: grpc %d (%s), http %d (%s)",
+            self.config.host, self.grpc_port, tls if self.config.tls_cert_file else "plaintext",
+            self.http_port, "TLS" if http_tls(self.config) else "plaintext",
         )  # fmt: skip
 
     def reload_tokens(self) -> bool:
@@ -151,7 +153,10 @@ class TeacherServer:
         c = self.config
         self._scheduler = Scheduler(
             backend,
-            SchedulerConfig(c.max_batch_tokens, c.max_delay_ms / 1000, c.max_queue_tokens),
+            SchedulerConfig(
+                c.max_batch_tokens, c.max_delay_ms / 1000, c.max_queue_tokens,
+                c.contended_batch_tokens,
+            ),  # fmt: skip
             clock=self._clock,
             hooks=self.state.metrics,
             executor=self._executor,
@@ -163,17 +168,17 @@ class TeacherServer:
         log.info("serving %s (%s on %s)", self.state.model_id, info.dtype, info.device)
 
     async def _start_grpc(self) -> None:
-        size = self.config.max_message_bytes
+        limits = message_limits(self.config)
         self._grpc = grpc.aio.server(
             options=[
-                ("grpc.max_send_message_length", size),
-                ("grpc.max_receive_message_length", size),
+                ("grpc.max_send_message_length", limits.send),
+                ("grpc.max_receive_message_length", limits.receive),
                 ("grpc.so_reuseport", 0),
             ]
         )
         c = self.config
         self._servicer = TeacherServicer(self.state, self._clock)
-        pb_grpc.add_TeacherServicer_to_server(self._servicer, self._grpc)
+        add_to_server(self._servicer, self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self._grpc)
@@ -250,7 +255,8 @@ class ServerHandle:
 
     @property
     def http_url(self) -> str:
-        return f"http://{_connect_host(self.server.config.host)}:{self.http_port}"
+        scheme = "https" if http_tls(self.server.config) else "http"
+        return f"{scheme}://{_connect_host(self.server.config.host)}:{self.http_port}"
 
     def stop(self, grace_s: float | None = None) -> bool:
         """Drain and stop the server, then end its thread. Returns True when fully drained."""

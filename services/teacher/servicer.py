@@ -6,6 +6,10 @@ authenticates the call's `authorization: Bearer <token>` metadata into a `teache
 checks the job may call the method, refuses work while loading or draining, maps any exception
 through `teacher.errors.to_status` (so nothing reaches a client as UNKNOWN) and counts the call
 by method and status, and by job once the job is known. Health and reflection stay open.
+
+`add_to_server` registers the methods with deserializers that never raise: bytes that are not
+a valid request message reach `_rpc` as `Unparseable` and become INVALID_ARGUMENT, counted like
+any other call (gRPC's own handling would answer UNKNOWN and log a traceback per call).
 """
 
 from __future__ import annotations
@@ -15,18 +19,19 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 
 from tropd.teacher.auth import Job, Method
-from tropd.teacher.errors import TeacherError, to_status
+from tropd.teacher.errors import InvalidArgument, TeacherError, to_status
 from tropd.teacher.scheduler import Clock, Scheduler
 from tropd.teacher.state import ServerState
 from tropd.teacher.validation import validate_generate, validate_score
 from tropd.wire.types import Limits, Timing
 from tropd.wire.v1 import teacher_pb2 as pb
-from tropd.wire.v1 import teacher_pb2_grpc as pb_grpc
+from tropd.wire.v1 import teacher_pb2_grpc as pb_grpc  # the servicer base class
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +39,47 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, grpc.aio.ServicerContext, Job], Awaitable[Resp]]
 Wrapped = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+@dataclass(frozen=True)
+class Unparseable:
+    """What the deserializer hands the servicer for bytes that are not a valid message."""
+
+    message_type: str
+    error: str
+    size: int
+
+
+def _lenient(message: type[Any]) -> Callable[[bytes], Any]:
+    name = message.DESCRIPTOR.full_name
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message.FromString(data)
+        except Exception as exc:  # DecodeError, and anything else protobuf may raise
+            return Unparseable(name, f"{type(exc).__name__}: {exc}", len(data))
+
+    return parse
+
+
+def add_to_server(servicer: TeacherServicer, server: grpc.aio.Server) -> None:
+    """Register the Teacher service on `server` with non-raising request deserializers."""
+    methods: dict[str, tuple[Any, type[Any], type[Any]]] = {
+        "GetModelInfo": (servicer.GetModelInfo, pb.GetModelInfoRequest, pb.ModelInfo),
+        "Score": (servicer.Score, pb.ScoreRequest, pb.ScoreResponse),
+        "Generate": (servicer.Generate, pb.GenerateRequest, pb.GenerateResponse),
+    }
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            fn,
+            request_deserializer=_lenient(request),
+            response_serializer=lambda message: message.SerializeToString(),
+        )
+        for name, (fn, request, response) in methods.items()
+    }
+    service = pb.DESCRIPTOR.services_by_name["Teacher"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
 
 
 def _authorization(context: grpc.aio.ServicerContext) -> str | None:
@@ -60,6 +106,13 @@ def _rpc(method: str, right: Method | None) -> Callable[[Handler], Wrapped]:
             job: Job | None = None
             try:
                 job = self._authenticate(context, method, right)
+                if isinstance(request, Unparseable):
+                    self._state.metrics.on_rejection("unparseable", job.name)
+                    raise InvalidArgument(
+                        f"the {request.size}-byte request is not a valid {request.message_type} "
+                        f"message ({request.error})",
+                        reason="unparseable",
+                    )
                 response = await fn(self, request, context, job)
             except asyncio.CancelledError:
                 self.record(method, grpc.StatusCode.CANCELLED, started, job)
@@ -99,7 +152,7 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         metrics.requests.labels(method, code.name).inc()
         metrics.request_seconds.labels(method).observe(time.perf_counter() - started)
         if job is not None:
-            metrics.job_requests.labels(job.name, method, code.name).inc()
+            metrics.job_requests.labels(metrics.job(job.name), method, code.name).inc()
 
     def _authenticate(
         self, context: grpc.aio.ServicerContext, method: str, right: Method | None
@@ -111,7 +164,9 @@ class TeacherServicer(pb_grpc.TeacherServicer):
                 auth.authorize(job, right)
         except TeacherError as exc:
             # The peer and the reason only: never the token, not even a malformed one.
-            log.warning("refused %s from %s: %s", method, context.peer(), exc.message)
+            self._state.refusal_log.warning(
+                exc.reason, "refused %s from %s: %s", method, context.peer(), exc.message
+            )
             self._state.metrics.on_rejection(exc.reason)
             raise
         return job
@@ -144,8 +199,9 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         timing = Timing()
         outputs = await scheduler.score(work.tasks, self._deadline(context), job, timing)
         scored = sum(t.num_scored for t in work.tasks)
-        self._state.metrics.scored_tokens.inc(scored)
-        self._state.metrics.job_scored_tokens.labels(job.name).inc(scored)
+        metrics = self._state.metrics
+        metrics.scored_tokens.inc(scored)
+        metrics.job_scored_tokens.labels(metrics.job(job.name)).inc(scored)
         info = self._state.info
         return pb.ScoreResponse(
             results=[out.to_proto(work.logprob_dtype) for out in outputs],
@@ -162,8 +218,9 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         timing = Timing()
         outputs = await scheduler.generate(work.tasks, self._deadline(context), job, timing)
         generated = sum(len(out.ids) for out in outputs)
-        self._state.metrics.generated_tokens.inc(generated)
-        self._state.metrics.job_generated_tokens.labels(job.name).inc(generated)
+        metrics = self._state.metrics
+        metrics.generated_tokens.inc(generated)
+        metrics.job_generated_tokens.labels(metrics.job(job.name)).inc(generated)
         info = self._state.info
         return pb.GenerateResponse(
             results=[out.to_proto(work.logprob_dtype) for out in outputs],

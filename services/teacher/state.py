@@ -8,6 +8,7 @@ servicer and the HTTP routes authenticate through it) and describes the model as
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,12 +17,15 @@ from tropd.teacher.auth import Authenticator
 from tropd.teacher.backends.base import BackendInfo
 from tropd.teacher.config import ServerConfig
 from tropd.teacher.errors import Unavailable
-from tropd.teacher.metrics import TeacherMetrics
+from tropd.teacher.metrics import RefusalLog, TeacherMetrics
 from tropd.wire.types import Limits
 from tropd.wire.v1 import teacher_pb2 as pb
 
 if TYPE_CHECKING:
     from tropd.teacher.scheduler import Scheduler
+
+# Refused calls log under the servicer's name, where operators have always looked for them.
+_refusals = logging.getLogger("tropd.teacher.servicer")
 
 
 def limits_for(info: BackendInfo, config: ServerConfig) -> Limits:
@@ -58,6 +62,11 @@ class ServerState:
     scheduler: Scheduler | None = None
     draining: bool = False
     auth: Authenticator = field(default_factory=lambda: Authenticator(None))
+    refusal_log: RefusalLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        interval = self.config.refusal_log_interval_s
+        self.refusal_log = RefusalLog(_refusals, interval, self.metrics)
 
     @property
     def ready(self) -> bool:

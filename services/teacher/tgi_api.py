@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 import tropd
 from tropd.teacher.auth import Job, Method
 from tropd.teacher.errors import FailedPrecondition, InvalidArgument, TeacherError, Unavailable
+from tropd.teacher.http_limits import JSON_BODY, BodyRefused, parse_json
 from tropd.teacher.state import ServerState
 from tropd.teacher.text_tokenizer import TextTokenizer, TokenizerFilesError
 from tropd.teacher.validation import validate_generate, validate_score
@@ -44,34 +45,41 @@ from tropd.wire.v1 import teacher_pb2 as pb
 DEFAULT_MAX_NEW_TOKENS = 100  # TGI's default
 
 
-class GenerateParameters(BaseModel):
-    """TGI's `GenerateParameters`; unknown keys are ignored, as TGI's router does."""
+_INT32_MAX = 2**31 - 1  # integers that travel in int32 proto fields
+_INT64_MAX = 2**63 - 1
+_MISSING = object()
+MAX_JSON_DEPTH = 32  # when a route is reached without the BodyLimits middleware (tests)
 
-    model_config = ConfigDict(extra="ignore")
+
+class GenerateParameters(BaseModel):
+    """TGI's `GenerateParameters`; unknown keys are ignored, as TGI's router does. Every integer
+    is range-checked here (422), so none overflows a proto field later."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     adapter_id: str | None = None
-    best_of: int | None = None
+    best_of: int | None = Field(None, ge=0, le=_INT32_MAX)
     decoder_input_details: bool = False
     details: bool = True
     do_sample: bool = False
     frequency_penalty: float | None = None
     grammar: Any = None
-    max_new_tokens: int | None = Field(None, ge=0)
+    max_new_tokens: int | None = Field(None, ge=0, le=_INT32_MAX)
     repetition_penalty: float | None = None
     return_full_text: bool | None = None
-    seed: int | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0, le=_INT64_MAX)
     stop: list[str] = Field(default_factory=list)
     temperature: float | None = Field(None, gt=0)
-    top_k: int | None = None
-    top_n_tokens: int | None = Field(None, ge=0)
+    top_k: int | None = Field(None, ge=-1, le=_INT32_MAX)
+    top_n_tokens: int | None = Field(None, ge=0, le=_INT32_MAX)
     top_p: float | None = Field(None, gt=0, le=1)
-    truncate: int | None = None
+    truncate: int | None = Field(None, ge=0, le=_INT32_MAX)
     typical_p: float | None = None
     watermark: bool = False
 
 
 class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     inputs: str = Field(min_length=1)
     parameters: GenerateParameters = Field(default_factory=GenerateParameters)
@@ -258,8 +266,14 @@ class _Translator:
     async def tokenize(self, request: Request) -> list[dict[str, Any]]:
         self.admit(request)
         req = await _parse(request)
-        self._state.check_serving()
+        limits, _ = self._state.check_serving()
         enc = self.tokenizer().encode(req.inputs)
+        if len(enc.ids) > limits.max_sequence_length:
+            # No request to this model can hold them: refuse rather than build a huge answer.
+            raise InvalidArgument(
+                f"Input validation error: inputs tokenize to {len(enc.ids)} tokens, above "
+                f"max_sequence_length = {limits.max_sequence_length}"
+            )
         return [
             {"id": i, "text": req.inputs[a:b], "start": a, "stop": b}
             for i, (a, b) in zip(enc.ids, enc.offsets, strict=True)
@@ -294,14 +308,19 @@ class _Translator:
 
 
 async def _parse(request: Request) -> GenerateRequest:
+    # `BodyLimits` (teacher.http_limits) has read, size-checked and parsed the body already.
+    body = getattr(request.state, JSON_BODY, _MISSING)
+    if body is _MISSING:
+        try:
+            body = parse_json(await request.body(), MAX_JSON_DEPTH)
+        except BodyRefused as exc:
+            raise InvalidArgument(exc.message) from None
     try:
-        return GenerateRequest.model_validate(await request.json())
+        return GenerateRequest.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "body"
         raise InvalidArgument(f"Input validation error: {where}: {first['msg']}") from None
-    except ValueError as exc:  # not JSON at all
-        raise InvalidArgument(f"Input validation error: body is not JSON: {exc}") from None
 
 
 def tgi_router(state: ServerState) -> APIRouter:

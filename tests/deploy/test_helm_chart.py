@@ -38,7 +38,9 @@ CRD_KINDS = {"ServiceMonitor", "PodMonitor"}
 CHART_SET_TEACHER_FIELDS = {"model", "host", "port", "http_port", "tokens_file"}
 # Not offered by the chart: the kubelet's gRPC startup/readiness probes cannot speak TLS (use a
 # service mesh for in-cluster TLS).
-CHART_UNSUPPORTED_TEACHER_FIELDS = {"tls_cert_file", "tls_key_file", "tls_client_ca_file"}
+CHART_UNSUPPORTED_TEACHER_FIELDS = {
+    "tls_cert_file", "tls_key_file", "tls_client_ca_file", "http_plaintext",
+}  # fmt: skip
 # Secrets never go into teacher.config (a ConfigMap): TEACHER_TGI_TOKEN comes from a Secret
 # through teacher.extraEnv (examples/tgi-teacher.yaml).
 CHART_SECRET_TEACHER_FIELDS = {"tgi_token"}
@@ -459,3 +461,17 @@ def test_values_yaml_documents_every_setting() -> None:
         else:
             sections.append((indent, documented))
     assert not undocumented, undocumented
+
+
+def test_auth_off_serves_everyone_only_because_the_chart_says_so() -> None:
+    """The teacher refuses an open address without tokens unless allow_anonymous is explicit."""
+    from deploy_support import objects
+
+    from tropd.teacher.config import load_config
+
+    objs = objects(render_values({"auth": {"enabled": False}}))
+    (config_map,) = [
+        c for c in find(objs, "ConfigMap") if c["metadata"]["name"].endswith("-teacher")
+    ]
+    config = load_config(environ=config_map["data"])
+    assert config.host == "0.0.0.0" and config.tokens_file is None and config.allow_anonymous

@@ -33,7 +33,7 @@ from functools import cached_property
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tropd.trainer.tasks.base import Example
+from tropd.trainer.tasks.base import Example, Response
 
 ANSWER_MARKER = ";"
 # Every character a prompt or completion of any style can contain; the world's tokenizer
@@ -179,8 +179,8 @@ class AdditionTask:
         match = self._grammar.fullmatch(completion.strip())
         return None if match is None else match.group("answer")
 
-    def verify(self, example: Example, completion: str) -> bool:
-        return self.final_answer(completion) == example.answer
+    def verify(self, example: Example, response: Response) -> bool:
+        return self.final_answer(response.text) == example.answer
 
     def reference_completion(self, example: Example, style: Style = TEACHER) -> str:
         """The correct completion of `example` in `style` (eos excluded)."""

@@ -31,6 +31,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
 from tropd.teacher.fingerprint import fingerprint_of
 from tropd.trainer.tasks.addition import STYLES, AdditionConfig, AdditionTask
+from tropd.trainer.tasks.base import Response
 from tropd.trainer.world.manifest import (
     MANIFEST_NAME,
     ModelRecord,
@@ -225,7 +226,7 @@ def _build_model(name: str, spec: ModelSpec, world: WorldSpec, task: AdditionTas
     eval_examples = task.eval_examples()
     completions = greedy_completions(model, tokenizer, eval_examples, task.max_new_tokens)
     pairs = list(zip(eval_examples, completions, strict=True))
-    accuracy = sum(task.verify(e, c) for e, c in pairs) / len(pairs)
+    accuracy = sum(task.verify(e, Response(c)) for e, c in pairs) / len(pairs)
     style_match = {
         style_name: sum(c == task.reference_completion(e, style) for e, c in pairs) / len(pairs)
         for style_name, style in STYLES.items()

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -189,3 +191,24 @@ def test_unreadable_certificate_fails_start_naming_the_file(
     )
     with pytest.raises(RuntimeError, match="tls_cert_file .*missing.pem"):
         start_server(config)
+
+
+def test_http_port_serves_tls_with_the_grpc_certificate(tiny_llama_dir, pki, make_config) -> None:
+    context = ssl.create_default_context(cadata=pki.ca.cert.decode())
+    with start_server(tls_config(make_config, tiny_llama_dir, pki, mutual=True)) as handle:
+        assert handle.http_url.startswith("https://")
+        url = f"https://localhost:{handle.http_port}"
+        # Probes and Prometheus hold no client certificate: HTTP asks for none.
+        assert httpx.get(f"{url}/livez", verify=context).status_code == 200
+        with pytest.raises(httpx.HTTPError):  # plaintext (and with it tokens in the clear)
+            httpx.get(f"http://127.0.0.1:{handle.http_port}/livez")
+
+
+def test_plaintext_http_beside_tls_refuses_tokens(tiny_llama_dir, pki, make_config) -> None:
+    config = tls_config(make_config, tiny_llama_dir, pki, mutual=False)
+    with start_server(config.model_copy(update={"http_plaintext": True})) as handle:
+        assert handle.http_url.startswith("http://")
+        assert httpx.get(f"{handle.http_url}/livez").status_code == 200
+        bearer = {"authorization": "Bearer some-job-token-0123456789"}
+        refused = httpx.get(f"{handle.http_url}/v1/jobs", headers=bearer)
+        assert refused.status_code == 403 and "plaintext" in refused.json()["error"]

@@ -89,6 +89,7 @@ def test_cli_run_trains_logs_checkpoints_and_plots(teacher: ServerHandle, tmp_pa
     )
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
+    assert "it/s]" not in err  # train.progress=false: no bars, the libraries' own included
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["steps_done"] == 3
     rows = read_metrics(run_dir / "metrics.jsonl")
@@ -209,12 +210,28 @@ def test_sigterm_checkpoints_and_exits_0(teacher: ServerHandle, tmp_path: Path) 
 def test_teacher_outage_checkpoints_and_exits_1(tmp_path: Path) -> None:
     own = _serve(builtin_world_dir() / "teacher")
     run_dir = tmp_path / "run"
-    proc = _cli(_run_args(own.target, run_dir, "train.steps=500"))
+    proc = _cli(_run_args(own.target, run_dir, "train.steps=500", "teacher.outage_s=3"))
     try:
         _wait_for_step(run_dir, proc, 1)
     finally:
         own.stop(grace_s=1.0)
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 1, err[-3000:]
-    assert "unavailable" in err and "resume" in err
+    assert "UNAVAILABLE" in err and "teacher.outage_s = 3" in err and "resume" in err
+    assert "waiting for the teacher" in err
     assert sorted((run_dir / "checkpoints").glob("step-*"))
+
+
+def test_a_teacher_refusal_stops_the_run_at_once_with_its_message(tmp_path: Path) -> None:
+    """INVALID_ARGUMENT is the teacher's answer, not an outage: no retries, exit 2, its text."""
+    config = ServerConfig(
+        model=str(builtin_world_dir() / "teacher"), host="127.0.0.1", port=0, http_port=0,
+        max_new_tokens=2,  # below the drafts the guidance asks for
+    )  # fmt: skip
+    with start_server(config) as own:
+        run_dir = tmp_path / "run"
+        proc = _cli(_run_args(own.target, run_dir, "train.steps=3", "guidance.fraction=0.5"))
+        _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 2, err[-3000:]
+    assert "max_new_tokens" in err
+    assert "waiting for the teacher" not in err and "after 8 retries" not in err

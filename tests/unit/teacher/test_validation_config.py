@@ -190,3 +190,41 @@ def test_config_errors_are_clear(env, flags, words) -> None:
 def test_config_forbids_unknown_keys() -> None:
     with pytest.raises(ConfigError, match="max_batch_tokenz"):
         load_config({"model": "m", "max_batch_tokenz": 3}, {})
+
+
+# --- safe defaults --------------------------------------------------------------------------
+
+
+def test_binds_loopback_unless_told_and_an_open_host_needs_auth() -> None:
+    from tropd.teacher.config import is_loopback, load_config
+
+    assert load_config({"model": "m"}, environ={}).host == "127.0.0.1"
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.5"):
+        assert is_loopback(host)
+    for host in ("0.0.0.0", "::", "10.1.2.3", "teacher.internal"):
+        assert not is_loopback(host)
+        with pytest.raises(ConfigError, match="tokens file .*--allow-anonymous"):
+            load_config({"model": "m", "host": host}, environ={})
+        assert load_config({"model": "m", "host": host, "tokens_file": "t.yaml"}, environ={})
+        assert load_config({"model": "m", "host": host, "allow_anonymous": True}, environ={})
+    env = {"TEACHER_HOST": "0.0.0.0", "TEACHER_ALLOW_ANONYMOUS": "true"}
+    assert load_config({"model": "m"}, environ=env).host == "0.0.0.0"
+
+
+def test_message_limits_follow_the_request_limits() -> None:
+    from tropd.teacher.config import load_config, message_limits
+
+    small = message_limits(load_config({"model": "m", "max_request_tokens": 4096}, environ={}))
+    big = message_limits(load_config({"model": "m"}, environ={}))
+    # ids and candidates of a largest request, plus framing
+    assert 4 * 4096 * (1 + 256) < small.receive < big.receive < 512 * 2**20
+    assert small.send >= small.receive
+    fixed = load_config({"model": "m", "max_message_bytes": 2**20}, environ={})
+    assert message_limits(fixed).receive == 2**20
+
+
+def test_serve_refuses_an_open_host_without_tokens_exit_2(capsys) -> None:
+    from tropd.teacher.cli import main
+
+    assert main(["serve", "--model", "m", "--host", "0.0.0.0"]) == 2
+    assert "--allow-anonymous" in capsys.readouterr().err

@@ -73,7 +73,7 @@ def test_student_dtype_was_split_in_two() -> None:
     assert cfg.optim.micro_batch_tokens == 4096 and not cfg.optim.gradient_checkpointing
 
 
-def test_load_student_precision_checkpointing_and_eos_ids(caplog: pytest.LogCaptureFixture) -> None:
+def test_load_student_precision_and_checkpointing(caplog: pytest.LogCaptureFixture) -> None:
     import torch
 
     from tropd.trainer.setup import load_student
@@ -83,7 +83,6 @@ def test_load_student_precision_checkpointing_and_eos_ids(caplog: pytest.LogCapt
     assert next(student.model.parameters()).dtype == torch.float32
     assert student.precision.compute_dtype == torch.bfloat16 and student.precision.scaler is None
     assert any(getattr(m, "gradient_checkpointing", False) for m in student.model.modules())
-    assert student.eos_ids == (student.eos_id,)
     student = load_student(load_config(None, ["student.param_dtype=bfloat16"]))
     assert next(student.model.parameters()).dtype == torch.bfloat16
     assert "round away" in caplog.text

@@ -1,4 +1,5 @@
-"""The trainer's refusals before step 0: tokenizer, vocabulary and teacher capabilities."""
+"""The trainer's refusals before step 0: tokenizer, vocabulary, teacher capabilities, and
+recipe lengths the teacher's limits would reject after step 0."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from tropd.teacher.client import Capabilities, Limits, TeacherInfo
 from tropd.teacher.fingerprint import fingerprint_of
 from tropd.trainer.config import load_config
 from tropd.trainer.errors import SetupError
-from tropd.trainer.setup import check_teacher
+from tropd.trainer.setup import check_lengths, check_teacher, load_data
 from tropd.trainer.world import builtin_world_dir
 
 VOCAB_ROWS = 19
@@ -58,3 +59,26 @@ def test_vocab_and_fingerprint_mismatch_refused(tokenizer) -> None:
     )
     with pytest.raises(SetupError, match="tokenizer mismatch.*student.*teacher"):
         check_teacher(cfg, other, tokenizer, VOCAB_ROWS)
+
+
+def test_lengths_the_teacher_would_reject_are_refused_naming_its_flag(tokenizer) -> None:
+    info = _info(tokenizer)  # max_sequence_length 64, Generate cap 64 new tokens
+    pool = "task.options={train_size: 64, eval_size: 16}"
+    cfg = load_config(None, [pool])
+    data = load_data(cfg, tokenizer)  # addition: 11-id prompts (bos + 10), 42 new tokens
+    check_lengths(cfg, info, data)
+
+    long = load_config(None, [pool, "rollout.max_new_tokens=60"])
+    with pytest.raises(SetupError, match=r"reach 71 tokens .*max_sequence_length 64.*"
+                                         r"--max-sequence-length.*rollout.max_new_tokens"):
+        check_lengths(long, info, load_data(long, tokenizer))
+    small = dataclasses.replace(info, limits=dataclasses.replace(info.limits,
+                                                                 max_request_tokens=40))
+    with pytest.raises(SetupError, match=r"max_request_tokens 40; .*--max-request-tokens 53"):
+        check_lengths(cfg, small, data)
+    capped = dataclasses.replace(info, limits=dataclasses.replace(info.limits, max_new_tokens=32))
+    check_lengths(cfg, capped, data)  # no drafts asked for: the Generate cap does not matter
+    guided = load_config(None, [pool, "guidance.fraction=0.25"])
+    with pytest.raises(SetupError, match=r"drafts ask the teacher for up to 42 new tokens.*"
+                                         r"max_new_tokens 32.*--max-new-tokens 42"):
+        check_lengths(guided, capped, load_data(guided, tokenizer))

@@ -18,7 +18,7 @@ from tropd.trainer.tasks.addition import (
     parse_problem,
     prompt_text,
 )
-from tropd.trainer.tasks.base import Example
+from tropd.trainer.tasks.base import Example, Response
 
 # 1234 + 5678 = 6912; every number least-significant digit first.
 PROBLEM = Problem(1234, 5678)
@@ -63,7 +63,7 @@ def test_carry_out_of_the_top_digit_lands_in_the_answer() -> None:
     ],
 )
 def test_verifier_accepts_right_answers_in_any_style(completion: str) -> None:
-    assert AdditionTask().verify(EXAMPLE, completion)
+    assert AdditionTask().verify(EXAMPLE, Response(completion))
 
 
 @pytest.mark.parametrize(
@@ -83,7 +83,7 @@ def test_verifier_accepts_right_answers_in_any_style(completion: str) -> None:
     ],
 )
 def test_verifier_rejects_wrong_or_malformed(completion: str) -> None:
-    assert not AdditionTask().verify(EXAMPLE, completion)
+    assert not AdditionTask().verify(EXAMPLE, Response(completion))
 
 
 def test_pools_are_deterministic_disjoint_and_seeded() -> None:
@@ -107,7 +107,7 @@ def test_reference_completions_verify() -> None:
     task = AdditionTask(AdditionConfig(train_size=10, eval_size=50))
     for example in task.eval_examples():
         for style in STYLES.values():
-            assert task.verify(example, task.reference_completion(example, style))
+            assert task.verify(example, Response(task.reference_completion(example, style)))
 
 
 def test_registry_builds_tasks_and_rejects_bad_options() -> None:
