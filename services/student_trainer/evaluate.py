@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,6 +13,8 @@ from tropd.teacher.client import TeacherClient
 from tropd.trainer.prompts import PromptCodec
 from tropd.trainer.rollout import sample_completions
 from tropd.trainer.tasks.base import Example, Response, Task
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -90,3 +93,21 @@ def evaluate_teacher(
         )
         responses.extend(codec.response(np.asarray(r.ids)) for r in results)
     return score_responses(task, examples, responses)
+
+
+def report_start(result: EvalResult) -> None:
+    """The step-0 accuracy with three examples of what the verifier read; loud at 0, which
+    usually means a verifier that cannot read the answers, not a hopeless student."""
+    log.info("start accuracy %.3f on %d eval examples; what the verifier read:", result.accuracy,
+             result.num_examples)  # fmt: skip
+    for sample in result.samples[:3]:
+        log.info("  %s", sample.describe())
+    if result.accuracy == 0:
+        log.warning(
+            "START ACCURACY IS 0: the verifier accepted none of %d greedy answers. Check the "
+            "examples above: the verifier and its marker (task.options.verifier, marker), the "
+            "answers' format, the chat template, and whether responses stop by length "
+            "(rollout.max_new_tokens). Training on a verifier that never matches still runs, "
+            "but its accuracy says nothing",
+            result.num_examples,
+        )

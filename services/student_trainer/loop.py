@@ -11,32 +11,25 @@ This file is the training step; each stage is a call whose arguments say what it
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import signal
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from tropd.teacher.client import Outage, ScoredSequence, TeacherClientError, TeacherRpcError
+from tropd.teacher.client import ScoredSequence, TeacherClientError
 from tropd.trainer.batch import draft_sequences, trained_tokens
 from tropd.trainer.checkpoint import (
     TrainState,
     find_latest_checkpoint,
     load_checkpoint,
-    rng_state,
     save_checkpoint,
-    set_rng_state,
     step_dir_name,
 )
 from tropd.trainer.config import RunConfig, dump_config
-from tropd.trainer.errors import TeacherRefused, TrainingAborted
-from tropd.trainer.evaluate import EvalResult, evaluate_student
+from tropd.trainer.evaluate import evaluate_student, report_start
 from tropd.trainer.grades import Grades, grade
 from tropd.trainer.guidance import Drafts
 from tropd.trainer.losses import needs_teacher_scores
@@ -55,7 +48,7 @@ from tropd.trainer.setup import (
     make_optimizer,
     start_status,
 )
-from tropd.trainer.status_server import TeacherWait, TrainerStatus
+from tropd.trainer.stopping import OutageLog, RngAtStep, StopFlag, teacher_failure
 from tropd.trainer.update import apply_update
 
 log = logging.getLogger(__name__)
@@ -89,7 +82,7 @@ def train(cfg: RunConfig) -> RunResult:
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     status, server = start_status(cfg, run_dir)
     # From here on a teacher restart is waited out (logged, on /v1/status and /metrics).
-    teacher.client.ride_outages(cfg.teacher.outage_s, _OutageLog(status))
+    teacher.client.ride_outages(cfg.teacher.outage_s, OutageLog(status))
 
     # Resume from the newest good checkpoint: weights, optimizer, every RNG, the prompt sampler.
     sampler = PromptSampler(len(data.train), cfg.train.seed, cfg.task.sampling)
@@ -127,16 +120,16 @@ def train(cfg: RunConfig) -> RunResult:
                         cfg.model_dump(mode="json"), keep_last=cfg.train.keep_last)  # fmt: skip
         status.mark_checkpoint(step)
 
-    stop = _StopFlag()
+    stop = StopFlag()
     progress = Progress(cfg.name, cfg.train.steps, start_step, enabled=cfg.train.progress)
     accuracy_before = evaluate(0) if start_step == 0 else None
     accuracy = float("nan") if accuracy_before is None else accuracy_before
     step, evaluated = start_step, True
     status.set_state("training")
-    step_start = _RngAtStep.take(sampler)
+    step_start = RngAtStep.take(sampler)
     try:
         while step < cfg.train.steps and not stop.requested:
-            step_start = _RngAtStep.take(sampler)
+            step_start = RngAtStep.take(sampler)
             metrics = train_step(cfg, step, student, optimizer, data, sampler, teacher, drafts)
             step += 1
             logger.log(step, metrics)
@@ -156,7 +149,7 @@ def train(cfg: RunConfig) -> RunResult:
         step_start.restore(sampler)
         checkpoint(step)
         status.set_state("failed", str(exc))
-        raise _teacher_failure(cfg, exc, step) from exc
+        raise teacher_failure(cfg, exc, step) from exc
     finally:
         progress.close()
         stop.restore()
@@ -171,73 +164,6 @@ def train(cfg: RunConfig) -> RunResult:
              run_dir / "plots")  # fmt: skip
     return RunResult(run_dir, step, accuracy_before, accuracy, tuple(plots),
                      time.monotonic() - t0, step < cfg.train.steps)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class _RngAtStep:
-    """Every RNG a step draws from, as it was before the step (the weights and the optimizer
-    only change at the step's end)."""
-
-    global_rngs: dict[str, Any]
-    data: Mapping[str, Any]
-
-    @classmethod
-    def take(cls, sampler: PromptSampler) -> _RngAtStep:
-        return cls(rng_state(), sampler.state())
-
-    def restore(self, sampler: PromptSampler) -> None:
-        set_rng_state(self.global_rngs)
-        sampler.restore(dict(self.data))
-
-
-def _teacher_failure(cfg: RunConfig, exc: TeacherClientError, step: int) -> Exception:
-    """Why the run stops: an outage that outlasted teacher.outage_s (exit 1), or the teacher's
-    final answer to a request (exit 2), with the teacher's own message."""
-    where = f"checkpoint written at step {step}; rerun the same command to resume"
-    target = cfg.teacher.target
-    if isinstance(exc, TeacherRpcError) and exc.transient:
-        return TrainingAborted(
-            f"teacher at {target} still {exc.code.name} after {exc.waited_s:.0f} s "
-            f"(teacher.outage_s = {cfg.teacher.outage_s:g}, {exc.attempts} attempts of "
-            f"{exc.method}): {exc.details}; {where}"
-        )
-    if isinstance(exc, TeacherRpcError):
-        return TeacherRefused(
-            f"the teacher at {target} refused {exc.method} with {exc.code.name}: {exc.details}"
-            f" (not retried: the same request gets the same answer); {where} once it is fixed"
-        )
-    return TeacherRefused(f"teacher at {target}: {exc}; {where} once it is fixed")
-
-
-class _OutageLog:
-    """Tells the log and the status server that a teacher call is waiting out an outage.
-
-    One WARNING when the wait begins and then at most one per `every_s`, one INFO on recovery.
-    """
-
-    def __init__(self, status: TrainerStatus, every_s: float = 30.0) -> None:
-        self._status, self._every_s = status, every_s
-        self._logged_at: float | None = None
-
-    def __call__(self, event: Outage) -> None:
-        if event.recovered:
-            self._status.teacher_back()
-            log.info("teacher back after %.1f s (%d attempts of %s)", event.waited_s,
-                     event.attempts, event.method)  # fmt: skip
-            self._logged_at = None
-            return
-        self._status.teacher_waiting(
-            TeacherWait(event.method, event.code.name, event.details, event.attempts,
-                        event.waited_s, event.limit_s)  # fmt: skip
-        )
-        now = time.monotonic()
-        if self._logged_at is None or now - self._logged_at >= self._every_s:
-            self._logged_at = now
-            log.warning(
-                "waiting for the teacher: %s %s for %.0f s (%d attempts; giving up after "
-                "teacher.outage_s = %.0f s): %s", event.method, event.code.name, event.waited_s,
-                event.attempts, event.limit_s, event.details,
-            )  # fmt: skip
 
 
 def train_step(
@@ -313,48 +239,8 @@ def train_step(
     }
 
 
-def report_start(result: EvalResult) -> None:
-    """The step-0 accuracy with three examples of what the verifier read; loud at 0, which
-    usually means a verifier that cannot read the answers, not a hopeless student."""
-    log.info("start accuracy %.3f on %d eval examples; what the verifier read:", result.accuracy,
-             result.num_examples)  # fmt: skip
-    for sample in result.samples[:3]:
-        log.info("  %s", sample.describe())
-    if result.accuracy == 0:
-        log.warning(
-            "START ACCURACY IS 0: the verifier accepted none of %d greedy answers. Check the "
-            "examples above: the verifier and its marker (task.options.verifier, marker), the "
-            "answers' format, the chat template, and whether responses stop by length "
-            "(rollout.max_new_tokens). Training on a verifier that never matches still runs, "
-            "but its accuracy says nothing",
-            result.num_examples,
-        )
-
-
 def _metric_key(loss_key: str) -> str:
     """loss_pg -> loss/pg, trust_frac -> train/trust_fraction, other -> train/other."""
     if loss_key.startswith("loss_"):
         return "loss/" + loss_key.removeprefix("loss_")
     return "train/" + {"trust_frac": "trust_fraction"}.get(loss_key, loss_key)
-
-
-class _StopFlag:
-    """SIGTERM/SIGINT ask the loop to finish the current step, checkpoint and exit cleanly."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            # Only the main thread may install handlers (tests may run the loop elsewhere).
-            with contextlib.suppress(ValueError):
-                self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, _frame: object) -> None:
-        log.warning(
-            "received %s: finishing this step, then checkpointing", signal.Signals(signum).name
-        )
-        self.requested = True
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
