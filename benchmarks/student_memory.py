@@ -457,7 +457,8 @@ def plot(rows: list[dict], path: Path) -> None:
                     ys.append(row["extra_mib"])
             ax.bar(xs, ys, width=0.4, color=color, label=f"{path_name} path")
         ax.set_xticks(range(len(groups)))
-        ax.set_xticklabels([f"T={t}\nV={v // 1000}k" for t, v in groups], fontsize=8)
+        names = {v: k for k, v in VOCABS.items()}
+        ax.set_xticklabels([f"T={t}\nV={names.get(v, v)}" for t, v in groups], fontsize=8)
         ax.set_yscale("log")
         ax.set_ylabel("peak extra memory (MiB, log)")
         rows_n = next(r["rows"] for r in rows if r["kind"] == kind)
