@@ -31,7 +31,19 @@ def response_index(
     return idx_B_T, valid_B_T
 
 
-def gather_positions(x_B_L_D: torch.Tensor, idx_B_T: torch.Tensor) -> torch.Tensor:
-    """x[b, idx[b, t], :] for every (b, t): [B, L, D] -> [B, T, D]."""
-    index = idx_B_T.unsqueeze(-1).expand(-1, -1, x_B_L_D.shape[-1])
-    return x_B_L_D.gather(1, index)
+def flat_response_positions(
+    starts_B: torch.Tensor, lengths_B: torch.Tensor, width_T: int, width_L: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`response_index` for rows flattened to [B * L]: the flat position predicting each real
+    response token, in (row, token) order, and the [B, T] mask that places them back.
+
+    Args:
+        starts_B, lengths_B: as in `response_index`.
+        width_T: the padded response width; width_L: the padded sequence width (L).
+    Returns:
+        positions_N: int64 [N], ascending, N = lengths_B.sum(); valid_B_T: bool [B, T], whose
+        True entries in row-major order are those N tokens (`x_B_T[valid_B_T] = x_N`).
+    """
+    idx_B_T, valid_B_T = response_index(starts_B, lengths_B, width_T)
+    rows_B_T = torch.arange(starts_B.shape[0], device=starts_B.device)[:, None] * width_L
+    return (rows_B_T + idx_B_T)[valid_B_T], valid_B_T

@@ -58,6 +58,32 @@ def draft_sequences(
     ]
 
 
+def plan_micro_batches(
+    sequences: Sequence[TrainSequence], max_rows: int, max_tokens: int | None
+) -> list[list[int]]:
+    """Which rollouts share a forward/backward: lists of indices into `sequences`.
+
+    Without a token budget: `max_rows` consecutive rollouts per micro-batch. With one,
+    rollouts sorted by length (longest first) are packed while rows x padded length stays within
+    `max_tokens` and rows within `max_rows`; a rollout longer than the budget goes alone. The
+    step's gradient does not depend on the plan (the loss normaliser is the step's).
+    """
+    if max_tokens is None:
+        return [list(range(lo, min(lo + max_rows, len(sequences))))
+                for lo in range(0, len(sequences), max_rows)]  # fmt: skip
+    order = sorted(range(len(sequences)), key=lambda i: -int(sequences[i].ids.size))
+    plan: list[list[int]] = []
+    for i in order:
+        # Longest first, so the first row of a micro-batch sets its padded length.
+        if plan and len(plan[-1]) < max_rows:
+            width = int(sequences[plan[-1][0]].ids.size)
+            if (len(plan[-1]) + 1) * width <= max_tokens:
+                plan[-1].append(i)
+                continue
+        plan.append([i])
+    return plan
+
+
 @dataclass
 class MicroBatch:
     """Padded tensors of one micro-batch; see losses.LossInputs for the loss-side names."""

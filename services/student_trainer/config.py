@@ -21,12 +21,43 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+DType = Literal["float32", "bfloat16", "float16"]
+
+
 class StudentConfig(_Frozen):
     path: str = Field(
         "builtin:student", description="HF folder or hub id; builtin:NAME = world model"
     )
     device: str = "cpu"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    param_dtype: DType = Field(
+        "float32",
+        description="weights, gradients and AdamW state (master weights); below float32, steps "
+        "at small learning rates round away (at lr 5e-6 a bf16 step moved ~5% of weights)",
+    )
+    compute_dtype: DType = Field(
+        "float32",
+        description="forward passes (rollout, update, eval) under torch.autocast; float16 adds "
+        "loss scaling; log-softmax statistics stay float32",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_dtype(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "dtype" in data:
+            raise ValueError(
+                "student.dtype was split in two: student.param_dtype (weights and optimizer "
+                "state, keep float32) and student.compute_dtype (autocast, e.g. bfloat16 on GPU)"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _scaler_needs_float32(self) -> StudentConfig:
+        if self.compute_dtype == "float16" and self.param_dtype != "float32":
+            raise ValueError(
+                "student.compute_dtype=float16 needs student.param_dtype=float32 (its loss "
+                "scaler unscales float32 gradients)"
+            )
+        return self
 
 
 class TeacherConfig(_Frozen):
@@ -120,6 +151,9 @@ class RolloutConfig(_Frozen):
         description="the one response budget: rollouts, guidance drafts and evaluation; "
         "null: the task's own (addition: its exact answer length; data sets: 1024)",
     )
+    batch_size: int = Field(
+        256, ge=1, description="rows per generate call; bounds the KV cache (rows x tokens)"
+    )
 
 
 class GuidanceConfig(_Frozen):
@@ -141,6 +175,21 @@ class OptimConfig(_Frozen):
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = Field(1.0, gt=0)
     micro_batch_size: int = Field(64, ge=1, description="sequences per forward/backward")
+    micro_batch_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="token budget per forward/backward (rows x padded length); sequences are "
+        "packed by length; null = micro_batch_size consecutive rollouts",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="recompute each decoder layer in backward (less memory, ~1/3 more time)"
+    )
+    logits_chunk_mib: float = Field(
+        64.0,
+        gt=0,
+        description="float32 logits per chunk of positions in the update; its peak is a few such "
+        "blocks whatever the vocabulary or length",
+    )
 
 
 class TrainConfig(_Frozen):

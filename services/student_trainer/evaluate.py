@@ -57,7 +57,8 @@ def evaluate_student(
     max_new_tokens: int,
     batch_size: int = 256,
 ) -> EvalResult:
-    """Greedy-decode every example with the student and verify it."""
+    """Greedy-decode every example with the student and verify it (callers wrap the call in
+    the student's autocast)."""
     completions = sample_completions(
         model,
         codec.encode(examples),

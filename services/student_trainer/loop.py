@@ -99,8 +99,9 @@ def train(cfg: RunConfig) -> RunResult:
 
     def evaluate(step: int) -> float:
         status.set_state("evaluating")
-        result = evaluate_student(student.model, data.codec, data.task, data.eval,
-                                  data.max_new_tokens)  # fmt: skip
+        with student.precision.autocast():
+            result = evaluate_student(student.model, data.codec, data.task, data.eval,
+                                      data.max_new_tokens)  # fmt: skip
         logger.log(step, {"eval/accuracy": result.accuracy})
         status.update_eval(step, result.accuracy)
         if step == 0:
@@ -193,8 +194,9 @@ def train_step(
     else:
         prefixes = drafts.prefixes(step, cfg.train.steps, examples, prompts)
         draft_s = time.monotonic() - t0
-        sequences = roll_out(student.model, prompts, prefixes, cfg.rollout, data.max_new_tokens,
-                             data.codec.eos_ids, student.pad_id)  # fmt: skip
+        with student.precision.autocast():
+            sequences = roll_out(student.model, prompts, prefixes, cfg.rollout, data.max_new_tokens,
+                                 data.codec.eos_ids, student.pad_id)  # fmt: skip
         rollout_s = time.monotonic() - t0 - draft_s
     # Verdicts (train-time accuracy only): the verifier sees the example, the response's text
     # and ids, and why it stopped.
@@ -218,7 +220,7 @@ def train_step(
     # test's uniforms are seeded by step, so a resumed run draws the same ones.
     trust_gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
     update = apply_update(student.model, optimizer, sequences, scores, cfg.loss, cfg.optim,
-                          trust_gen, student.pad_id)  # fmt: skip
+                          trust_gen, student.pad_id, student.precision)  # fmt: skip
 
     # 5. Metrics: loss-side names become run-log names (loss_pg -> loss/pg); the token counts
     # (train/response_tokens on-policy, train/prefix_tokens, train/trained_tokens) come from there.

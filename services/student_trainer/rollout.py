@@ -2,17 +2,26 @@
 
 Token ids only; tokenisation and verification live in the loop and the task. The behaviour
 log-prob of a token is log π_S(x_t | c_t) under the *untempered* student at sampling time, the
-`lp_S_old` of the trust test, computed from the raw logits `generate` returns.
+`lp_S_old` of the trust test. It is gathered from each step's raw float32 logits right after
+the token is sampled, so no [rows, tokens, V] tensor is ever kept; rows are generated
+`batch_size` at a time, which bounds the KV cache.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TemperatureLogitsWarper,
+)
 
 from tropd.trainer.batch import TrainSequence
 from tropd.trainer.config import RolloutConfig
@@ -25,7 +34,49 @@ class Completion:
     context_index: int  # which context (of the call's list) it continues
     ids: np.ndarray  # int64 [m], sampled tokens, ending with eos when one was emitted
     behavior_logprobs: np.ndarray  # float32 [m]
-    finish_reason: str  # "eos" (ends with an eos id) or "length" (ran out of new tokens)
+    finish_reason: str  # "eos" (ends with one of the eos ids) or "length" (hit the cap)
+
+
+class _SampledLogprobs:
+    """log π(sampled token) from each decoding step's raw logits, one [rows, V] block at a time.
+
+    `generate` calls the processor with the step's raw float32 logits (it must come first in
+    the list, before any temperature), samples, appends the token, then calls the stopping
+    criteria; the criterion gathers the new token's log-prob and drops the block. HF offers no
+    hook that hands over the sampled token with the raw logits without keeping all of them
+    (`output_logits=True` stacks every step: rows x tokens x V floats).
+    """
+
+    def __init__(self) -> None:
+        self.pending_B_V: torch.Tensor | None = None
+        self.steps: list[torch.Tensor] = []  # float32 [rows] per generated token
+
+    def logprobs_B_N(self, steps: int) -> torch.Tensor:
+        return torch.stack(self.steps[:steps], dim=1)
+
+
+class _KeepRawLogits(LogitsProcessor):
+    def __init__(self, record: _SampledLogprobs) -> None:
+        self.record = record
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.record.pending_B_V = scores  # no copy: later processors return new tensors
+        return scores
+
+
+class _GatherSampled(StoppingCriteria):
+    def __init__(self, record: _SampledLogprobs) -> None:
+        self.record = record
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object
+    ) -> torch.BoolTensor:
+        logits_B_V, self.record.pending_B_V = self.record.pending_B_V, None
+        if logits_B_V is None:
+            raise RuntimeError("generate called the stopping criteria before the logits processor")
+        logprobs_B_V = torch.log_softmax(logits_B_V, dim=-1)
+        self.record.steps.append(logprobs_B_V.gather(-1, input_ids[:, -1:])[:, 0])
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
 def _left_pad(contexts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,25 +105,45 @@ def sample_completions(
 
     Args:
         model: the student, in eval mode during the call (dropout off), restored afterwards.
+            Callers wrap the call in the student's autocast (`Precision.autocast`).
         contexts: token ids per context; lengths may differ (left-padded internally).
         samples_per_context: completions per context, grouped in context order.
         max_new_tokens: hard cap; a completion without eos stops there.
         eos_ids: every id that ends a completion (the tokenizer's eos, the generation
-            config's, the chat template's end-of-turn token).
-        pad_id: the tokenizer's padding id.
+            config's, the chat template's end-of-turn token); pad_id: the tokenizer's padding id.
         temperature: sampling temperature (> 0); ignored when greedy.
         greedy: argmax decoding (evaluation).
-        batch_size: contexts per `generate` call (None: all at once).
+        batch_size: rows (context x sample) per `generate` call; None = all at once.
     Returns:
         len(contexts) * samples_per_context completions, truncated after the first eos.
     """
-    if batch_size is not None and len(contexts) > batch_size:
+    rows = [(c, ctx) for c, ctx in enumerate(contexts) for _ in range(samples_per_context)]
+    size = batch_size or len(rows)
+    was_training = model.training
+    model.eval()
+    try:
         completions: list[Completion] = []
-        for lo in range(0, len(contexts), batch_size):
-            part = sample_completions(model, contexts[lo : lo + batch_size], samples_per_context,
-                                      max_new_tokens, eos_ids, pad_id, temperature, greedy)
-            completions.extend(replace(c, context_index=c.context_index + lo) for c in part)
-        return completions
+        for lo in range(0, len(rows), size):
+            batch = rows[lo : lo + size]
+            new_B_N, logprobs_B_N = _generate(
+                model, [ctx for _, ctx in batch], max_new_tokens, eos_ids, pad_id,
+                None if greedy else temperature,
+            )  # fmt: skip
+            completions += _truncate_at_eos(new_B_N, logprobs_B_N, [c for c, _ in batch], eos_ids)
+    finally:
+        model.train(was_training)
+    return completions
+
+
+def _generate(
+    model: PreTrainedModel,
+    contexts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    eos_ids: Sequence[int],
+    pad_id: int,
+    temperature: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One `generate` call (temperature None = greedy): new ids [B, N] and their log-probs."""
     ids_B_L, mask_B_L = _left_pad(contexts, pad_id)
     # Never run past the model's position table (padded width counts).
     room = _max_positions(model) - ids_B_L.shape[1]
@@ -81,31 +152,25 @@ def sample_completions(
             f"contexts of {ids_B_L.shape[1]} tokens leave no room in the model's "
             f"{_max_positions(model)} positions"
         )
-    max_new_tokens = min(max_new_tokens, room)
-    was_training = model.training
-    model.eval()
+    record = _SampledLogprobs()
+    processors: list[LogitsProcessor] = [_KeepRawLogits(record)]
+    if temperature is not None and temperature != 1.0:
+        # Ours, after the recorder (generate would put its own before it); identical arithmetic.
+        processors.append(TemperatureLogitsWarper(temperature))
     device = next(model.parameters()).device
-    sampling = {} if greedy else {"temperature": temperature, "top_k": 0, "top_p": 1.0}
     out = model.generate(  # type: ignore[operator]  # transformers' stub types it as a Tensor
         input_ids=ids_B_L.to(device),
         attention_mask=mask_B_L.to(device),
-        do_sample=not greedy,
-        num_return_sequences=samples_per_context,
-        max_new_tokens=max_new_tokens,
+        do_sample=temperature is not None,
+        max_new_tokens=min(max_new_tokens, room),
         eos_token_id=list(eos_ids),
         pad_token_id=pad_id,
-        output_logits=True,
-        return_dict_in_generate=True,
-        **sampling,
+        logits_processor=LogitsProcessorList(processors),
+        stopping_criteria=StoppingCriteriaList([_GatherSampled(record)]),
+        **_neutral_knobs(model, sampling=temperature is not None),
     )
-    model.train(was_training)
-    new_B_N = out.sequences[:, ids_B_L.shape[1] :]
-    # generate returns the raw (unprocessed) logits of every step: [B, V] per new position.
-    logits_B_N_V = torch.stack(out.logits, dim=1).float()
-    logprobs_B_N = torch.log_softmax(logits_B_N_V, dim=-1).gather(-1, new_B_N.unsqueeze(-1))
-    return _truncate_at_eos(
-        new_B_N.cpu(), logprobs_B_N.squeeze(-1).cpu(), samples_per_context, eos_ids
-    )
+    new_B_N = out[:, ids_B_L.shape[1] :]
+    return new_B_N.cpu(), record.logprobs_B_N(new_B_N.shape[1]).cpu()
 
 
 def roll_out(
@@ -124,7 +189,8 @@ def roll_out(
         prompts, prefixes: token ids per prompt, aligned; a prefix holds no eos.
         max_new_tokens: the response budget; a prefix counts against it, so a guided response
             is never longer than an unguided one.
-        eos_ids, pad_id: as `sample_completions` takes them.
+        eos_ids, pad_id: as in `sample_completions`; rows are generated `cfg.batch_size` at a
+            time. Callers wrap the call in the student's autocast.
     Returns:
         len(prompts) * samples_per_prompt sequences, grouped by prompt.
     """
@@ -137,14 +203,14 @@ def roll_out(
         eos_ids,
         pad_id,
         temperature=cfg.temperature,
+        batch_size=cfg.batch_size,
     )
     sequences = []
     for c in completions:
         prompt, prefix = prompts[c.context_index], prefixes[c.context_index]
         response = np.concatenate([prefix, c.ids])[:max_new_tokens]
-        # Cut at the budget, a response that had not ended by then ran out of tokens.
-        finished = c.finish_reason == "eos" and response.size == prefix.size + c.ids.size
         behavior = np.concatenate([np.full(prefix.size, np.nan, np.float32), c.behavior_logprobs])
+        cut = response.size < prefix.size + c.ids.size  # a long prefix left less room
         sequences.append(
             TrainSequence(
                 prompt_index=c.context_index,
@@ -152,10 +218,23 @@ def roll_out(
                 ids=np.concatenate([np.asarray(prompt, np.int64), response]),
                 prefix_len=int(prefix.size),
                 behavior_logprobs=behavior[: response.size],
-                finish_reason="eos" if finished else "length",
+                finish_reason="length" if cut else c.finish_reason,
             )
         )
     return sequences
+
+
+def _neutral_knobs(model: PreTrainedModel, sampling: bool) -> dict[str, object]:
+    """Values that switch off the logit processors a model's generation config may declare
+    (instruct models ship e.g. temperature 0.7, top_k 20, repetition_penalty 1.05): `generate`
+    runs those before ours, so the recorder would see processed logits, and the rollout would
+    not sample the student's own distribution. Neutral values create no processor at all."""
+    knobs: dict[str, object] = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
+    if sampling:
+        knobs.update(temperature=1.0, top_k=0, top_p=1.0, typical_p=1.0)
+        if getattr(model.generation_config, "min_p", None) is not None:
+            knobs["min_p"] = 0.0  # None would inherit the model's; 0 keeps every token
+    return knobs
 
 
 def _max_positions(model: PreTrainedModel) -> int:
@@ -168,16 +247,19 @@ def _max_positions(model: PreTrainedModel) -> int:
 
 
 def _truncate_at_eos(
-    new_B_N: torch.Tensor, logprobs_B_N: torch.Tensor, samples: int, eos_ids: Sequence[int]
+    new_B_N: torch.Tensor,
+    logprobs_B_N: torch.Tensor,
+    context_index_B: Sequence[int],
+    eos_ids: Sequence[int],
 ) -> list[Completion]:
     completions = []
-    for row in range(new_B_N.shape[0]):
+    for row, context_index in enumerate(context_index_B):
         ids = new_B_N[row].numpy()
         eos_at = np.flatnonzero(np.isin(ids, list(eos_ids)))
         length = int(eos_at[0]) + 1 if eos_at.size else ids.size
         completions.append(
             Completion(
-                context_index=row // samples,
+                context_index=context_index,
                 ids=ids[:length].astype(np.int64),
                 behavior_logprobs=logprobs_B_N[row, :length].numpy().astype(np.float32),
                 finish_reason="eos" if eos_at.size else "length",

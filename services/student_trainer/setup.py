@@ -41,7 +41,9 @@ from tropd.teacher.fingerprint import fingerprint_of
 from tropd.trainer.config import OptimConfig, RunConfig, TaskConfig, TeacherConfig
 from tropd.trainer.errors import SetupError
 from tropd.trainer.guidance import DraftRequest, Drafts, load_drafts
+from tropd.trainer.logprobs import StudentHead
 from tropd.trainer.losses import needs_topk, unmet_teacher_needs
+from tropd.trainer.precision import DTYPES, Precision
 from tropd.trainer.prompts import PromptCodec, prompt_format, round_trip_losses, stop_ids
 from tropd.trainer.replicas import check_replicas, probe_replica, replica_addresses
 from tropd.trainer.status_server import StatusServer, TrainerStatus
@@ -52,15 +54,15 @@ from tropd.trainer.world import builtin_world_dir
 log = logging.getLogger(__name__)
 
 GenerationEos = int | list[int] | None
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
 class Student:
-    """The model being trained and its tokenizer (the optimizer is the loop's)."""
+    """The model being trained, its tokenizer and how it computes (the optimizer is the loop's)."""
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
+    precision: Precision = Precision()
 
     @property
     def pad_id(self) -> int:
@@ -156,15 +158,43 @@ def task_from_config(cfg: TaskConfig) -> Task:
 
 
 def load_student(cfg: RunConfig) -> Student:
+    """The student in `student.param_dtype` on its device, with gradient checkpointing when
+    `optim.gradient_checkpointing`, its output layer checked against its own logits (the update
+    reads log-probs from hidden states through it), and its autocast precision."""
     path = resolve_model_path(cfg.student.path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[cfg.student.dtype])
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.student.param_dtype])
     except (OSError, ValueError) as exc:
         raise SetupError(f"cannot load the student from {path!r}: {exc}") from exc
     if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
         raise SetupError(f"student tokenizer at {path} needs both a pad and an eos token")
-    return Student(model.to(cfg.student.device), tokenizer)  # type: ignore[arg-type]
+    if cfg.student.param_dtype != "float32":
+        log.warning(
+            "student.param_dtype=%s: AdamW steps %s weights, and small updates round away; "
+            "keep float32 and set student.compute_dtype for bf16/fp16 compute",
+            cfg.student.param_dtype, cfg.student.param_dtype,
+        )  # fmt: skip
+    if cfg.optim.gradient_checkpointing:
+        enable_checkpointing(model)
+    model = model.to(cfg.student.device)  # type: ignore[arg-type]
+    try:
+        StudentHead.of(model).check_against_model(
+            model, torch.tensor([int(tokenizer.eos_token_id)] * 4, device=model.device)
+        )
+    except ValueError as exc:
+        raise SetupError(f"student at {path}: {exc}") from exc
+    return Student(model, tokenizer, Precision.of(cfg.student.compute_dtype, cfg.student.device))
+
+
+def enable_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each decoder layer in backward (transformers' own; non-reentrant, so inputs
+    need not require grad). The method was renamed during transformers 5."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def check_teacher(

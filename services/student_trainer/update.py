@@ -1,24 +1,34 @@
 """One optimizer step over a step's rollouts: micro-batched forward, loss, backward, clip, AdamW.
 
 The loss normaliser is the number of trained tokens in the whole step, so the update does not
-depend on how the rollouts are split into micro-batches. A step whose loss or gradient is not
-finite is counted and skipped, never applied.
+depend on how the rollouts are split into micro-batches (by count or by token budget,
+`batch.plan_micro_batches`). A step whose loss or gradient is not finite is counted and
+skipped, never applied. The student's log-probs come from its hidden states chunk by chunk
+(`logprobs.py`), so no [micro, T, V] tensor exists; forwards run under the student's autocast,
+backward outside it (`precision.py`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel
 
 from tropd.teacher.client import ScoredSequence
-from tropd.trainer.alignment import gather_positions, response_index
-from tropd.trainer.batch import MicroBatch, TrainSequence, collate, trained_tokens
+from tropd.trainer.alignment import flat_response_positions
+from tropd.trainer.batch import (
+    MicroBatch,
+    TrainSequence,
+    collate,
+    plan_micro_batches,
+    trained_tokens,
+)
 from tropd.trainer.config import OptimConfig
+from tropd.trainer.logprobs import StudentHead, chunk_positions, decoder_hidden, token_stats
 from tropd.trainer.losses import (
     LOSSES,
     LossConfig,
@@ -28,6 +38,7 @@ from tropd.trainer.losses import (
     merge_metrics,
     summarize_metrics,
 )
+from tropd.trainer.precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -39,43 +50,69 @@ class UpdateResult:
     metrics: dict[str, float]
 
 
-def _student_side(
-    model: PreTrainedModel, mb: MicroBatch, device: torch.device
-) -> dict[str, torch.Tensor]:
-    """Student log-probs of the response tokens (with grad), at the teacher's top-k, and entropy."""
-    logits_B_L_V = model(
-        input_ids=mb.ids_B_L.to(device), attention_mask=mb.attention_B_L.to(device)
-    ).logits
-    idx_B_T, _ = response_index(
-        mb.starts_B.to(device), mb.lengths_B.to(device), mb.response_ids_B_T.shape[1]
+@dataclass(frozen=True)
+class _Reader:
+    """How the update reads the student: its output layer and positions per logits chunk."""
+
+    model: PreTrainedModel
+    head: StudentHead
+    chunk: int
+    device: torch.device
+
+
+def _student_side(reader: _Reader, mb: MicroBatch) -> dict[str, torch.Tensor]:
+    """Student log-probs of the response tokens (with grad), at the teacher's top-k, and entropy,
+    as [B, T] (and [B, T, K]) tensors, zero on padding."""
+    device = reader.device
+    hidden_B_L_D = decoder_hidden(
+        reader.model, input_ids=mb.ids_B_L.to(device), attention_mask=mb.attention_B_L.to(device)
     )
-    logprobs_B_T_V = torch.log_softmax(gather_positions(logits_B_L_V, idx_B_T).float(), dim=-1)
+    rows, width_L, dim = hidden_B_L_D.shape
+    positions_N, valid_B_T = flat_response_positions(
+        mb.starts_B.to(device), mb.lengths_B.to(device), mb.response_ids_B_T.shape[1], width_L
+    )
+    topk_B_T_K = mb.teacher_topk_ids_B_T_K
+    stats = token_stats(
+        reader.head,
+        hidden_B_L_D.reshape(rows * width_L, dim),
+        positions_N,
+        mb.response_ids_B_T.to(device)[valid_B_T],
+        None if topk_B_T_K is None else topk_B_T_K.to(device)[valid_B_T],
+        chunk=reader.chunk,
+    )
     out = {
-        "student_logprobs_B_T": logprobs_B_T_V.gather(
-            -1, mb.response_ids_B_T.to(device).unsqueeze(-1)
-        ).squeeze(-1),
-        "student_entropy_B_T": -(logprobs_B_T_V.exp() * logprobs_B_T_V).sum(-1).detach(),
+        "student_logprobs_B_T": _place(stats.logprobs_N, valid_B_T),
+        "student_entropy_B_T": _place(stats.entropy_N, valid_B_T),
     }
-    if mb.teacher_topk_ids_B_T_K is not None:
-        out["student_topk_logprobs_B_T_K"] = logprobs_B_T_V.gather(
-            -1, mb.teacher_topk_ids_B_T_K.to(device)
-        )
+    if stats.topk_logprobs_N_K is not None:
+        out["student_topk_logprobs_B_T_K"] = _place(stats.topk_logprobs_N_K, valid_B_T)
+    return out
+
+
+def _place(values_N: torch.Tensor, valid_B_T: torch.Tensor) -> torch.Tensor:
+    """Per-token values [N, ...] back into a zero-padded [B, T, ...] tensor (differentiable)."""
+    out = values_N.new_zeros((*valid_B_T.shape, *values_N.shape[1:]))
+    out[valid_B_T] = values_N
     return out
 
 
 def _step_entropy_threshold(
-    model: PreTrainedModel,
-    batches: Sequence[MicroBatch],
+    reader: _Reader,
+    plan: Sequence[list[int]],
+    batch: Callable[[list[int]], MicroBatch],
     loss_cfg: LossConfig,
-    device: torch.device,
+    precision: Precision,
 ) -> float | None:
     """`entropy_top20`'s cut over the whole step, so the selected tokens do not depend on the
     micro-batch split; it costs one extra no-grad forward, paid only when there are several."""
-    if loss_cfg.method != "entropy_top20" or len(batches) < 2:
+    if loss_cfg.method != "entropy_top20" or len(plan) < 2:
         return None  # one micro-batch: the loss takes the cut over it, which is the step
-    with torch.no_grad():
-        entropies = [_student_side(model, mb, device)["student_entropy_B_T"] for mb in batches]
-    masks = [mb.response_mask_B_T.to(device) for mb in batches]
+    entropies, masks = [], []
+    for rows in plan:
+        mb = batch(rows)
+        with torch.no_grad(), precision.autocast():
+            entropies.append(_student_side(reader, mb)["student_entropy_B_T"])
+        masks.append(mb.response_mask_B_T.to(reader.device))
     return entropy_top_threshold(entropies, masks, loss_cfg.entropy_top_fraction)
 
 
@@ -114,18 +151,24 @@ def apply_update(
     optim: OptimConfig,
     trust_generator: torch.Generator,
     pad_id: int,
+    precision: Precision | None = None,
 ) -> UpdateResult:
     """Accumulate gradients over micro-batches, then clip and step (or skip when non-finite).
 
     Args:
         sequences, scores: the step's rollouts and their teacher results, aligned.
-        optim: grad_clip and micro_batch_size are read here; the optimizer already holds lr.
+        optim: grad_clip, the micro-batch plan (micro_batch_size, micro_batch_tokens) and
+            logits_chunk_mib are read here; the optimizer already holds lr.
         trust_generator: seeded per step; the uniforms for the trust test are drawn for all rows
             at once, so they do not depend on the micro-batch split.
+        precision: autocast for the forwards, and float16's loss scaling (None: float32).
     Returns:
         Whether the step was applied, the pre-clip gradient norm, and the merged loss metrics.
     """
-    device = next(model.parameters()).device
+    precision = precision or Precision()
+    head = StudentHead.of(model)
+    reader = _Reader(model, head, chunk_positions(head.vocab_size, optim.logits_chunk_mib),
+                     next(model.parameters()).device)  # fmt: skip
     loss_fn = LOSSES[loss_cfg.method]
     normalizer = float(max(trained_tokens(sequences), 1))
     width_T = max(s.response_len for s in sequences)
@@ -133,34 +176,34 @@ def apply_update(
     model.train()
     optimizer.zero_grad(set_to_none=True)
     parts: list[dict[str, float]] = []
-    step = optim.micro_batch_size
-    starts = range(0, len(sequences), step)
-    batches = [collate(sequences[lo : lo + step], scores[lo : lo + step], pad_id) for lo in starts]
-    threshold = _step_entropy_threshold(model, batches, loss_cfg, device)
-    for lo, mb in zip(starts, batches, strict=True):
-        student = _student_side(model, mb, device)
-        inputs = _loss_inputs(
-            mb,
-            student,
-            uniform_N_T[lo : lo + mb.num_sequences, : mb.response_ids_B_T.shape[1]],
-            device,
-            threshold,
-        )
+    plan = plan_micro_batches(sequences, optim.micro_batch_size, optim.micro_batch_tokens)
+
+    def batch(rows: list[int]) -> MicroBatch:  # collated when used: one micro-batch at a time
+        return collate([sequences[i] for i in rows], [scores[i] for i in rows], pad_id)
+
+    threshold = _step_entropy_threshold(reader, plan, batch, loss_cfg, precision)
+    for rows in plan:
+        mb = batch(rows)
+        with precision.autocast():
+            student = _student_side(reader, mb)
+        uniform_B_T = uniform_N_T[torch.tensor(rows), : mb.response_ids_B_T.shape[1]]
+        inputs = _loss_inputs(mb, student, uniform_B_T, reader.device, threshold)
         loss, metrics = loss_fn(inputs, loss_cfg, normalizer)
-        loss.backward()
+        precision.backward(loss)
         parts.append({**metrics, "nonfinite_inputs": float(sum(count_nonfinite(inputs).values()))})
+    precision.unscale(optimizer)
     params = [p for p in model.parameters() if p.grad is not None]
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, optim.grad_clip))
     merged = summarize_metrics(merge_metrics(parts))
     loss_total = merged.get("loss_total", 0.0)
-    if not (math.isfinite(grad_norm) and math.isfinite(loss_total)):
+    applied = math.isfinite(grad_norm) and math.isfinite(loss_total)
+    if not applied:
         log.warning(
             "skipping step: non-finite loss %.4g or gradient norm %.4g (%d non-finite inputs)",
             loss_total,
             grad_norm,
             merged.get("nonfinite_inputs", 0),
         )
-        optimizer.zero_grad(set_to_none=True)
-        return UpdateResult(False, grad_norm, merged)
-    optimizer.step()
-    return UpdateResult(True, grad_norm, merged)
+    precision.step(optimizer, applied)
+    optimizer.zero_grad(set_to_none=True)  # frees a weights-sized buffer before the rollout
+    return UpdateResult(applied, grad_norm, merged)

@@ -202,7 +202,7 @@ def test_the_qwen3_gsm8k_recipe_passes_print_config_and_start_up_checks(
              f"task.options.data_files={{train: {data_dir}/train.parquet, "
              f"test: {data_dir}/test.parquet}}"]  # fmt: skip
     stand_in = [f"student.path={tiny_chat_qwen3_dir}", "student.device=cpu",
-                "student.dtype=float32", *local]  # fmt: skip
+                "student.compute_dtype=float32", *local]  # fmt: skip
 
     def print_config(*overrides: str) -> subprocess.CompletedProcess:
         command = [sys.executable, "-m", "tropd.trainer.cli", "print-config", "--config",

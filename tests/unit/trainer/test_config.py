@@ -61,3 +61,28 @@ def test_malformed_override_and_file(tmp_path: Path) -> None:
 def test_guidance_file_needs_a_path() -> None:
     with pytest.raises(ConfigError, match="drafts_file"):
         load_config(None, ["guidance.fraction=0.5", "guidance.source=file"])
+
+
+def test_student_dtype_was_split_in_two() -> None:
+    with pytest.raises(ConfigError, match="student.param_dtype .* student.compute_dtype"):
+        load_config(None, ["student.dtype=bfloat16"])
+    with pytest.raises(ConfigError, match="param_dtype=float32"):
+        load_config(None, ["student.compute_dtype=float16", "student.param_dtype=float16"])
+    cfg = load_config(None, ["student.compute_dtype=bfloat16", "optim.micro_batch_tokens=4096"])
+    assert cfg.student.param_dtype == "float32"  # master weights stay float32 by default
+    assert cfg.optim.micro_batch_tokens == 4096 and not cfg.optim.gradient_checkpointing
+
+
+def test_load_student_precision_and_checkpointing(caplog: pytest.LogCaptureFixture) -> None:
+    import torch
+
+    from tropd.trainer.setup import load_student
+
+    cfg = load_config(None, ["student.compute_dtype=bfloat16", "optim.gradient_checkpointing=true"])
+    student = load_student(cfg)
+    assert next(student.model.parameters()).dtype == torch.float32
+    assert student.precision.compute_dtype == torch.bfloat16 and student.precision.scaler is None
+    assert any(getattr(m, "gradient_checkpointing", False) for m in student.model.modules())
+    student = load_student(load_config(None, ["student.param_dtype=bfloat16"]))
+    assert next(student.model.parameters()).dtype == torch.bfloat16
+    assert "round away" in caplog.text
