@@ -18,73 +18,11 @@ top-k ids and entropy that these losses read; and they are CUDA-only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
-
-@dataclass(frozen=True)
-class StudentHead:
-    """The model's output layer plus the logit transforms some architectures apply after it.
-
-    Known transforms, applied in float32 in the model's order: Cohere's `logit_scale`
-    (multiply), Granite's `logits_scaling` (divide), Gemma-2/3's `final_logit_softcapping`.
-    `check_against_model` refuses any other. (The teacher's `hf_scoring.OutputHead` does the same
-    for the service; the two packages share no model code.)
-    """
-
-    linear: torch.nn.Module
-    vocab_size: int
-    multiply: float = 1.0
-    divide: float = 1.0
-    softcap: float | None = None
-
-    @classmethod
-    def of(cls, model: Any) -> StudentHead:
-        linear = model.get_output_embeddings()
-        if linear is None:
-            raise ValueError(f"{type(model).__name__} has no output layer (not a causal LM head)")
-        config = model.get_text_config() if hasattr(model, "get_text_config") else model.config
-        return cls(
-            linear=linear,
-            vocab_size=int(linear.weight.shape[0]),
-            multiply=float(getattr(config, "logit_scale", None) or 1.0),
-            divide=float(getattr(config, "logits_scaling", None) or 1.0),
-            softcap=getattr(config, "final_logit_softcapping", None),
-        )
-
-    def logits(self, hidden_N_D: torch.Tensor) -> torch.Tensor:
-        """float32 [N, V] logits of hidden states [N, D] (matmul in the autocast/model dtype)."""
-        logits_N_V = self.linear(hidden_N_D).float()
-        if self.multiply != 1.0:
-            logits_N_V = logits_N_V * self.multiply
-        if self.divide != 1.0:
-            logits_N_V = logits_N_V / self.divide
-        if self.softcap:
-            logits_N_V = torch.tanh(logits_N_V / self.softcap) * self.softcap
-        return logits_N_V
-
-    def check_against_model(self, model: Any, ids_T: torch.Tensor) -> None:
-        """Raise ValueError if `logits(body(ids))` differs from the model's own logits."""
-        inputs = {"input_ids": ids_T[None], "attention_mask": torch.ones_like(ids_T[None])}
-        with torch.no_grad():
-            expected_T_V = model(**inputs).logits[0].float()
-            got_T_V = self.logits(decoder_hidden(model, **inputs)[0])
-        scale = expected_T_V.abs().max().clamp(min=1.0)
-        error = float((got_T_V - expected_T_V).abs().max() / scale)
-        tolerance = 1e-4 if self.linear.weight.dtype == torch.float32 else 2e-2
-        if not error <= tolerance:
-            raise ValueError(
-                f"{type(model).__name__}: output layer applied to the decoder's hidden states "
-                f"differs from the model's logits (relative error {error:.2e}); its head applies "
-                "a transform the trainer does not implement"
-            )
-
-
-def decoder_hidden(model: Any, **inputs: torch.Tensor) -> torch.Tensor:
-    """Last hidden states [B, L, D] of a causal LM's decoder (the model minus its output layer)."""
-    return model.base_model(**inputs, use_cache=False).last_hidden_state
+from tropd.output_head import OutputHead
 
 
 def chunk_positions(vocab_size: int, chunk_mib: float) -> int:
@@ -102,7 +40,7 @@ class TokenStats:
 
 
 def _chunk_stats(
-    head: StudentHead, hidden_C_D: torch.Tensor, rows_n: torch.Tensor, ids_n_J: torch.Tensor
+    head: OutputHead, hidden_C_D: torch.Tensor, rows_n: torch.Tensor, ids_n_J: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """log π at `ids_n_J` (row n of the chunk's `rows_n[n]`) and the entropy of those rows.
 
@@ -121,7 +59,7 @@ def _chunk_stats(
 
 
 def token_stats(
-    head: StudentHead,
+    head: OutputHead,
     hidden_P_D: torch.Tensor,
     positions_N: torch.Tensor,
     targets_N: torch.Tensor,
@@ -131,7 +69,7 @@ def token_stats(
     """log π(targets), log π at `ids` and the entropy at the given positions, chunk by chunk.
 
     Args:
-        head: the output layer (`StudentHead.of(model)`).
+        head: the output layer (`OutputHead.of(model)`).
         hidden_P_D: the decoder's last hidden states, rows flattened: [P, D].
         positions_N: int64 [N], ascending flat positions whose next-token distribution is read.
         targets_N: int64 [N], the token whose log-prob is wanted at each position.

@@ -29,6 +29,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from tropd.output_head import OutputHead
 from tropd.teacher.client import (
     OutageObserver,
     TeacherClient,
@@ -41,7 +42,6 @@ from tropd.teacher.fingerprint import fingerprint_of
 from tropd.trainer.config import OptimConfig, RunConfig, TaskConfig, TeacherConfig
 from tropd.trainer.errors import SetupError
 from tropd.trainer.guidance import DraftRequest, Drafts, load_drafts
-from tropd.trainer.logprobs import StudentHead
 from tropd.trainer.losses import needs_topk, unmet_teacher_needs
 from tropd.trainer.precision import DTYPES, Precision
 from tropd.trainer.prompts import PromptCodec, prompt_format, round_trip_losses, stop_ids
@@ -179,7 +179,7 @@ def load_student(cfg: RunConfig) -> Student:
         enable_checkpointing(model)
     model = model.to(cfg.student.device)  # type: ignore[arg-type]
     try:
-        StudentHead.of(model).check_against_model(
+        OutputHead.of(model).check_against_model(
             model, torch.tensor([int(tokenizer.eos_token_id)] * 4, device=model.device)
         )
     except ValueError as exc:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
+from tropd.output_head import OutputHead, decoder_hidden
 from tropd.teacher.client import ScoredSequence
 from tropd.trainer.alignment import flat_response_positions
 from tropd.trainer.batch import (
@@ -28,7 +29,7 @@ from tropd.trainer.batch import (
     trained_tokens,
 )
 from tropd.trainer.config import OptimConfig
-from tropd.trainer.logprobs import StudentHead, chunk_positions, decoder_hidden, token_stats
+from tropd.trainer.logprobs import chunk_positions, token_stats
 from tropd.trainer.losses import (
     LOSSES,
     LossConfig,
@@ -55,7 +56,7 @@ class _Reader:
     """How the update reads the student: its output layer and positions per logits chunk."""
 
     model: PreTrainedModel
-    head: StudentHead
+    head: OutputHead
     chunk: int
     device: torch.device
 
@@ -166,7 +167,7 @@ def apply_update(
         Whether the step was applied, the pre-clip gradient norm, and the merged loss metrics.
     """
     precision = precision or Precision()
-    head = StudentHead.of(model)
+    head = OutputHead.of(model)
     reader = _Reader(model, head, chunk_positions(head.vocab_size, optim.logits_chunk_mib),
                      next(model.parameters()).device)  # fmt: skip
     loss_fn = LOSSES[loss_cfg.method]

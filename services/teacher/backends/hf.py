@@ -23,8 +23,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tropd.output_head import OutputHead
 from tropd.teacher.backends.base import BackendInfo, GenerateTask, ScoreTask
-from tropd.teacher.backends.hf_scoring import OutputHead, ScoreRequestShape, score_positions
+from tropd.teacher.backends.hf_scoring import ScoreRequestShape, score_positions
 from tropd.teacher.fingerprint import fingerprint_of
 from tropd.wire.types import Generation, ScoredSequence
 

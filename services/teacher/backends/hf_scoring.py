@@ -10,71 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
+from tropd.output_head import OutputHead
 from tropd.teacher.backends.base import ScoreTask
 from tropd.wire.types import ScoredSequence
-
-
-@dataclass(frozen=True)
-class OutputHead:
-    """The model's output layer plus the logit transforms some architectures apply after it.
-
-    Known transforms (applied in float32, in the model's order): Cohere's `logit_scale`
-    (multiply), Granite's `logits_scaling` (divide), Gemma-2/3's `final_logit_softcapping`
-    (cap * tanh(logits / cap)). `check_against_model` catches any other.
-    """
-
-    linear: torch.nn.Module
-    vocab_size: int
-    multiply: float = 1.0
-    divide: float = 1.0
-    softcap: float | None = None
-
-    @classmethod
-    def of(cls, model: Any) -> OutputHead:
-        """The head of a `transformers` causal LM (`get_output_embeddings()` and its config)."""
-        linear = model.get_output_embeddings()
-        if linear is None:
-            raise ValueError(f"{type(model).__name__} has no output layer (not a causal LM head)")
-        config = model.get_text_config() if hasattr(model, "get_text_config") else model.config
-        return cls(
-            linear=linear,
-            vocab_size=int(linear.weight.shape[0]),
-            multiply=float(getattr(config, "logit_scale", None) or 1.0),
-            divide=float(getattr(config, "logits_scaling", None) or 1.0),
-            softcap=getattr(config, "final_logit_softcapping", None),
-        )
-
-    def logits(self, hidden_N_D: torch.Tensor) -> torch.Tensor:
-        """float32 [N, V] logits of hidden states [N, D] (matmul in the model's dtype)."""
-        logits_N_V = self.linear(hidden_N_D).float()
-        if self.multiply != 1.0:
-            logits_N_V = logits_N_V * self.multiply
-        if self.divide != 1.0:
-            logits_N_V = logits_N_V / self.divide
-        if self.softcap:
-            logits_N_V = torch.tanh(logits_N_V / self.softcap) * self.softcap
-        return logits_N_V
-
-    def check_against_model(self, model: Any, ids_T: torch.Tensor) -> None:
-        """Raise RuntimeError if `logits(body(ids))` differs from the model's own logits."""
-        inputs = {"input_ids": ids_T[None].long(), "attention_mask": torch.ones_like(ids_T[None])}
-        expected_T_V = model(**inputs).logits[0].float()
-        hidden_T_D = model.base_model(**inputs).last_hidden_state[0]
-        got_T_V = self.logits(hidden_T_D)
-        scale = expected_T_V.abs().max().clamp(min=1.0)
-        error = float((got_T_V - expected_T_V).abs().max() / scale)
-        tolerance = 1e-4 if hidden_T_D.dtype == torch.float32 else 2e-2
-        if not error <= tolerance:
-            raise RuntimeError(
-                f"{type(model).__name__}: output-layer path differs from the model's logits "
-                f"(relative error {error:.2e} > {tolerance:.0e}); its head applies a transform "
-                "the hf backend does not implement"
-            )
 
 
 @dataclass(frozen=True)

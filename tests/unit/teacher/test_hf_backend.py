@@ -14,10 +14,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Gemma2Config
 
+from tropd.output_head import OutputHead
 from tropd.teacher.backends import load_backend
 from tropd.teacher.backends.base import GenerateTask, ScoreTask
 from tropd.teacher.backends.hf import HFBackend, HFOptions
-from tropd.teacher.backends.hf_scoring import OutputHead
 from tropd.wire.types import ScoredSequence
 
 TOKENIZER_VOCAB = 438  # the tiny tokenizer's size (tests/conftest.py)
@@ -335,5 +335,5 @@ def test_head_transforms_checked_against_model() -> None:
     ids = torch.arange(10)
     with torch.inference_mode():
         head.check_against_model(model, ids)
-        with pytest.raises(RuntimeError, match="applies a transform"):
+        with pytest.raises(ValueError, match="applies a transform"):
             dataclasses.replace(head, softcap=None).check_against_model(model, ids)

@@ -11,13 +11,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen3Config
 
+from tropd.output_head import OutputHead, decoder_hidden
 from tropd.trainer.alignment import flat_response_positions
-from tropd.trainer.logprobs import (
-    StudentHead,
-    chunk_positions,
-    decoder_hidden,
-    token_stats,
-)
+from tropd.trainer.logprobs import chunk_positions, token_stats
 
 VOCAB = 151_936
 
@@ -64,7 +60,7 @@ def _batch(vocab: int) -> tuple[torch.Tensor, ...]:
 def test_values_and_gradients_equal_the_full_softmax(chunk: int) -> None:
     model = _tiny_qwen3()
     ids_B_L, starts_B, lengths_B, topk_B_T_K = _batch(VOCAB)
-    head = StudentHead.of(model)
+    head = OutputHead.of(model)
     positions_N, valid_B_T = flat_response_positions(starts_B, lengths_B, 19, ids_B_L.shape[1])
     hidden_B_L_D = decoder_hidden(model, input_ids=ids_B_L)
     targets_N = ids_B_L.reshape(-1)[positions_N + 1]  # flat position p predicts token p + 1
@@ -90,7 +86,7 @@ def test_values_and_gradients_equal_the_full_softmax(chunk: int) -> None:
 
 def test_no_grad_path_and_no_positions() -> None:
     model = _tiny_qwen3(vocab=1000)
-    head = StudentHead.of(model)
+    head = OutputHead.of(model)
     hidden_P_D = torch.randn(40, 64)
     positions_N = torch.tensor([3, 4, 30])
     with torch.no_grad():
@@ -111,8 +107,8 @@ def test_chunk_size_follows_the_vocabulary() -> None:
 
 
 def test_head_transforms_and_refusal() -> None:
-    """A soft-capped head (Gemma's transform) read through StudentHead equals the model's
-    logits; a head transform StudentHead does not know is refused by the check."""
+    """A soft-capped head (Gemma's transform) read through OutputHead equals the model's
+    logits; a head transform OutputHead does not know is refused by the check."""
     from transformers import Gemma2Config
 
     config = Gemma2Config(vocab_size=300, hidden_size=32, num_hidden_layers=1,
@@ -120,9 +116,9 @@ def test_head_transforms_and_refusal() -> None:
                           intermediate_size=64, final_logit_softcapping=3.0)  # fmt: skip
     model = AutoModelForCausalLM.from_config(config).eval()
     ids_T = torch.arange(10)
-    head = StudentHead.of(model)
+    head = OutputHead.of(model)
     assert head.softcap == 3.0
     head.check_against_model(model, ids_T)
-    unknown = StudentHead(head.linear, head.vocab_size)  # forgets the cap
+    unknown = OutputHead(head.linear, head.vocab_size)  # forgets the cap
     with pytest.raises(ValueError, match="transform"):
         unknown.check_against_model(model, ids_T)
