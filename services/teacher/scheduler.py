@@ -1,16 +1,14 @@
 """The asyncio scheduler: batches Score and Generate work from all concurrent calls.
 
-Requests arrive already validated and authenticated, as one `tropd.teacher.auth.Job`. Admission
-applies that job's quotas (in-flight requests, queued tokens, tokens per request) and the
-server-wide queue bound, which refuses only jobs above their weighted share of it, so one job's
-flood never rejects another job's requests. Each sequence becomes a `WorkItem` with its own
-future, queued under its job; one loop task asks the `BatchPlanner` for the next batch
-(start-time fair queueing over jobs in tokens, token budget, delay cap, bucketing) and
-runs it on the backend in ONE worker thread, so the event loop keeps serving health checks,
-metrics and new requests during a forward pass. Work whose caller cancelled or whose deadline
-passed is dropped before it reaches the backend. A failed forward fails only the futures of its
-own batch; the loop never dies. Time comes from an injectable `Clock`, so the policy is tested
-with a fake clock and a fake backend.
+Requests arrive already validated and authenticated, as one `tropd.teacher.auth.Job`, and pass
+`tropd.teacher.admission` (the job's quotas, then the server-wide queue bound). Each sequence
+becomes a `WorkItem` with its own future, queued under its job; one loop task asks the
+`BatchPlanner` for the next batch (start-time fair queueing over jobs in tokens, token budget,
+delay cap, bucketing) and runs it on the backend in ONE worker thread, so the event loop keeps
+serving health checks, metrics and new requests during a forward pass. Work whose caller
+cancelled or whose deadline passed is dropped before it reaches the backend. A failed forward
+fails only the futures of its own batch; the loop never dies. Time comes from an injectable
+`Clock`, so the policy is tested with a fake clock and a fake backend.
 """
 
 from __future__ import annotations
@@ -24,6 +22,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tropd.teacher.admission import Admission
 from tropd.teacher.auth import ANONYMOUS, Job
 from tropd.teacher.backends.base import Backend, GenerateTask, ScoreTask
 from tropd.teacher.batching import BatchPlanner, Kind, WorkItem, padded_tokens
@@ -31,7 +30,6 @@ from tropd.teacher.errors import (
     Cancelled,
     DeadlineExceeded,
     Internal,
-    ResourceExhausted,
     TeacherError,
     Unavailable,
 )
@@ -167,9 +165,9 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self._in_flight: list[WorkItem] = []
         self._closing = False
-        self._tokens_per_s: float | None = None  # smoothed padded throughput, for retry hints
-        self._weights: dict[str, float] = {}  # latest weight seen per job
-        self._requests: dict[str, int] = {}  # admitted, unfinished requests per job
+        self._admission = Admission(
+            self._planner, config.max_queue_tokens, config.max_delay_s, self._hooks.on_rejection
+        )
         self._served: dict[str, int] = {}  # tokens dispatched per job
         self._batches = 0  # batches dispatched since start
 
@@ -188,10 +186,10 @@ class Scheduler:
             job: JobLoad(
                 self._planner.job_tokens.get(job, 0),
                 items.get(job, 0),
-                self._requests.get(job, 0),
+                self._admission.requests.get(job, 0),
                 self._served.get(job, 0),
             )
-            for job in sorted(self._weights)
+            for job in sorted(self._admission.weights)
         }
 
     @property
@@ -250,63 +248,6 @@ class Scheduler:
         lengths = [len(t.prompt) + t.max_new_tokens for t in tasks]
         return await self._submit("generate", tasks, lengths, deadline, job, timing)
 
-    def _share(self, job: Job) -> float:
-        """`job`'s weighted share among the jobs with queued work (itself included)."""
-        active = {name for name in self._planner.job_tokens} | {job.name}
-        return job.weight / sum(self._weights.get(name, 1.0) for name in active)
-
-    def _retry_hint_s(self, job: Job, extra_tokens: int) -> float:
-        """Time for the job's backlog to drain at its weighted share of the measured rate."""
-        backlog = self._planner.job_tokens.get(job.name, 0) + extra_tokens
-        if not self._tokens_per_s:
-            return max(0.1, self._config.max_delay_s)
-        return min(30.0, max(0.05, backlog / (self._tokens_per_s * self._share(job))))
-
-    def _refuse(self, job: Job, reason: str, message: str, extra_tokens: int | None) -> None:
-        """Raise RESOURCE_EXHAUSTED; `extra_tokens` None = retrying cannot help (no hint)."""
-        self._hooks.on_rejection(reason, job.name)
-        hint = None if extra_tokens is None else self._retry_hint_s(job, extra_tokens)
-        if hint is not None:
-            message += f"; retry in ~{hint:.2f}s"
-        raise ResourceExhausted(message, reason=reason, retry_after_s=hint)
-
-    def _admit(self, job: Job, total: int) -> None:
-        """Apply the job's quotas, then the server-wide queue bound (see the module docstring)."""
-        quotas, name = job.quotas, job.name
-        for limit in (quotas.max_request_tokens, quotas.max_queued_tokens):
-            if limit is not None and total > limit:
-                self._refuse(
-                    job, "job_request_tokens",
-                    f"job {name!r}: this request holds {total} tokens, over the job's limit of "
-                    f"{limit} (max_request_tokens / max_queued_tokens in the tokens file)",
-                    None,
-                )  # fmt: skip
-        running = self._requests.get(name, 0)
-        if quotas.max_in_flight is not None and running >= quotas.max_in_flight:
-            self._refuse(
-                job, "job_in_flight",
-                f"job {name!r} has {running} requests in flight, its max_in_flight quota",
-                0,
-            )  # fmt: skip
-        mine = self._planner.job_tokens.get(name, 0)
-        if quotas.max_queued_tokens is not None and mine + total > quotas.max_queued_tokens:
-            self._refuse(
-                job, "job_queue_full",
-                f"job {name!r}: {mine} tokens queued + {total} in this request exceed its "
-                f"max_queued_tokens quota of {quotas.max_queued_tokens}",
-                total,
-            )  # fmt: skip
-        queued, bound = self._planner.queued_tokens, self._config.max_queue_tokens
-        share = int(bound * self._share(job))
-        if queued + total > bound and mine + total > share:
-            self._refuse(
-                job, "queue_full",
-                f"queue full: {queued} tokens waiting + {total} in this request exceed "
-                f"max_queue_tokens = {bound}, and job {name!r} already holds {mine} "
-                f"(its weighted share is {share})",
-                total,
-            )  # fmt: skip
-
     async def _submit(
         self,
         kind: Kind,
@@ -319,28 +260,29 @@ class Scheduler:
         if self._closing:
             self._hooks.on_rejection("draining", job.name)
             raise Unavailable("the teacher is shutting down; retry on another replica")
-        self._weights[job.name] = job.weight
-        self._admit(job, sum(lengths))
-        loop = asyncio.get_running_loop()
-        now = self._clock.now()
-        items = [
-            WorkItem(kind, task, length, loop.create_future(), now, deadline, job.name, job.weight)
-            for task, length in zip(tasks, lengths, strict=True)
-        ]
-        self._planner.add(items)
-        self._requests[job.name] = self._requests.get(job.name, 0) + 1
-        self._report_depth()
-        self._wake.set()
+        self._admission.admit(job, sum(lengths))
         try:
-            done: list[_Done] = list(await asyncio.gather(*(item.future for item in items)))
-        except BaseException:
-            # One piece failed or the caller went away: the rest must not reach the backend.
-            for item in items:
-                item.future.cancel()
+            loop = asyncio.get_running_loop()
+            now = self._clock.now()
+            items = [
+                WorkItem(
+                    kind, task, length, loop.create_future(), now, deadline, job.name, job.weight
+                )
+                for task, length in zip(tasks, lengths, strict=True)
+            ]
+            self._planner.add(items)
+            self._report_depth()
             self._wake.set()
-            raise
+            try:
+                done: list[_Done] = list(await asyncio.gather(*(item.future for item in items)))
+            except BaseException:
+                # One piece failed or the caller went away: the rest must not reach the backend.
+                for item in items:
+                    item.future.cancel()
+                self._wake.set()
+                raise
         finally:
-            self._requests[job.name] -= 1
+            self._admission.finished(job)
         if timing is not None:
             timing.queue_seconds = max(d.wait_s for d in done)
             timing.compute_seconds = sum({d.batch: d.forward_s for d in done}.values())
@@ -428,11 +370,7 @@ class Scheduler:
             self._in_flight = []
         seconds = time.perf_counter() - started
         self._hooks.on_forward(kind, seconds, ok=True)
-        if seconds > 0:
-            rate = padded / seconds
-            self._tokens_per_s = (
-                rate if self._tokens_per_s is None else (0.8 * self._tokens_per_s + 0.2 * rate)
-            )
+        self._admission.observe_throughput(padded, seconds)
         for item, output in zip(batch, outputs, strict=True):
             if item.future.done():
                 continue
