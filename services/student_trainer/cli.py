@@ -62,8 +62,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, [*args.overrides, f"student.path={args.model}"])
     student = load_student(cfg)
     data = load_data(cfg, student.tokenizer, student.generation_eos)
-    result = evaluate_student(student.model, data.codec, data.task, data.eval,
-                              data.max_new_tokens)  # fmt: skip
+    with student.precision.autocast():  # as the trainer evaluates (student.compute_dtype)
+        result = evaluate_student(student.model, data.codec, data.task, data.eval,
+                                  data.max_new_tokens)  # fmt: skip
     for sample in result.samples:
         print(sample.describe())
     print(
