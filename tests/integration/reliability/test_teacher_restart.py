@@ -10,26 +10,20 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
+from processes import TeacherProcess, start_trainer, steps_logged, wait_for
 from safetensors.torch import load_file
 
 from tropd.trainer.local_teacher import free_port
-from tropd.trainer.run_log import read_metrics
-from tropd.trainer.world import builtin_world_dir
 
 pytestmark = pytest.mark.reliability
 
-REPO = Path(__file__).resolve().parents[3]
 STEPS = 4
 RUN = [
     "run", "--config", "configs/demo.yaml",
@@ -40,60 +34,16 @@ RUN = [
 ]  # fmt: skip
 
 
-class Teacher:
-    """`tropd-teacher serve` on fixed loopback ports, so that a restart reuses the address."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port, self.http_port = free_port(), free_port()
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.starts += 1
-        cmd = [
-            sys.executable, "-m", "tropd.teacher.cli", "serve",
-            "--model", str(builtin_world_dir() / "teacher"), "--host", "127.0.0.1",
-            "--port", str(self.port), "--http-port", str(self.http_port), "--threads", "1",
-        ]  # fmt: skip
-        log = (self.folder / f"teacher-{self.starts}.log").open("w")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        for _ in range(600):
-            assert self.proc.poll() is None, self.log()[-3000:]
-            try:
-                url = f"http://127.0.0.1:{self.http_port}/readyz"
-                if httpx.get(url, timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("the teacher did not get ready")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def log(self) -> str:
-        return (self.folder / f"teacher-{self.starts}.log").read_text()
-
-
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Teacher]:
-    t = Teacher(tmp_path_factory.mktemp("teacher"))
+def teacher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeacherProcess]:
+    t = TeacherProcess(tmp_path_factory.mktemp("teacher"))
     t.start()
     yield t
-    if t.proc is not None and t.proc.poll() is None:
-        t.proc.terminate()
-        t.proc.wait(timeout=60)
+    t.stop()
 
 
 @pytest.fixture(scope="module")
-def straight(teacher: Teacher, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def straight(teacher: TeacherProcess, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The final weights of the same run without an outage."""
     run_dir = tmp_path_factory.mktemp("straight")
     proc = trainer(teacher, run_dir, "train.status_port=null")
@@ -102,32 +52,14 @@ def straight(teacher: Teacher, tmp_path_factory: pytest.TempPathFactory) -> dict
     return final_weights(run_dir)
 
 
-def trainer(teacher: Teacher, run_dir: Path, *extra: str) -> subprocess.Popen:
-    args = [*RUN, f"teacher.target={teacher.target}", f"train.run_dir={run_dir}", *extra]
-    return subprocess.Popen(
-        [sys.executable, "-m", "tropd.trainer.cli", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-
-
-def wait_for(what: str, check, proc: subprocess.Popen, limit_s: float = 240) -> None:
-    deadline = time.monotonic() + limit_s  # a safety stop, not an assertion on time
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"{what}: trainer exited\n" + proc.communicate()[1][-3000:]
-        try:
-            if check():
-                return
-        except (OSError, httpx.HTTPError, ValueError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within the limit")
+def trainer(teacher: TeacherProcess, run_dir: Path, *extra: str) -> subprocess.Popen:
+    return start_trainer(
+        [*RUN, f"teacher.target={teacher.address}", f"train.run_dir={run_dir}", *extra]
+    )
 
 
 def steps_done(run_dir: Path) -> int:
-    path = run_dir / "metrics.jsonl"
-    rows = read_metrics(path) if path.exists() else []
-    return max((r["step"] for r in rows if "loss/total" in r), default=0)
+    return max(steps_logged(run_dir), default=0)
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -141,7 +73,7 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 
 def test_trainer_rides_a_teacher_restart_and_ends_bit_identical(
-    teacher: Teacher, straight: dict, tmp_path: Path
+    teacher: TeacherProcess, straight: dict, tmp_path: Path
 ) -> None:
     run_dir, status_port = tmp_path / "restarted", free_port()
     proc = trainer(teacher, run_dir, f"train.status_port={status_port}", "teacher.outage_s=300")
@@ -167,7 +99,7 @@ def test_trainer_rides_a_teacher_restart_and_ends_bit_identical(
 
 
 def test_outage_past_the_limit_checkpoints_exits_1_and_resumes_bit_identical(
-    teacher: Teacher, straight: dict, tmp_path: Path
+    teacher: TeacherProcess, straight: dict, tmp_path: Path
 ) -> None:
     run_dir = tmp_path / "aborted"
     short = ("train.status_port=null", "teacher.outage_s=2")

@@ -5,25 +5,18 @@ SIGKILL and restarted mid-run costs no step and gets work again. Real processes 
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
+from processes import TeacherProcess, start_trainer, steps_logged, wait_for
 from safetensors.torch import load_file
 
-from tropd.trainer.local_teacher import free_port
 from tropd.trainer.run_log import read_metrics
-from tropd.trainer.world import builtin_world_dir
 
-REPO = Path(__file__).resolve().parents[3]
 RUN = [
     "run", "--config", "configs/demo.yaml",
     "rollout.prompts_per_step=4", "rollout.samples_per_prompt=2", "task.eval_size=8",
@@ -31,67 +24,12 @@ RUN = [
     "train.progress=false", "train.tensorboard=false", "loss.method=tropd",
     "teacher.timeout_s=10", "train.status_port=null",
 ]  # fmt: skip
-SCORE_OK = re.compile(r'^teacher_requests_total\{method="Score",status="OK"\} (\S+)$', re.M)
-
-
-class Replica:
-    """`tropd-teacher serve` of the built-in teacher on fixed loopback ports (a restart reuses
-    the address, as a pod behind a headless Service would keep its name)."""
-
-    def __init__(self, folder: Path, name: str) -> None:
-        self.folder, self.name = folder, name
-        self.port, self.http_port = free_port(), free_port()
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.starts += 1
-        cmd = [
-            sys.executable, "-m", "tropd.teacher.cli", "serve",
-            "--model", str(builtin_world_dir() / "teacher"), "--host", "127.0.0.1",
-            "--port", str(self.port), "--http-port", str(self.http_port), "--threads", "1",
-        ]  # fmt: skip
-        log = (self.folder / f"{self.name}-{self.starts}.log").open("w")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        for _ in range(600):  # bounded: 60 s
-            assert self.proc.poll() is None, self.log()[-3000:]
-            try:
-                url = f"http://127.0.0.1:{self.http_port}/readyz"
-                if httpx.get(url, timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"{self.name} did not get ready")
-
-    def scores_served(self) -> float:
-        """Score calls this process answered OK (its own /metrics; 0 after a restart)."""
-        text = httpx.get(f"http://127.0.0.1:{self.http_port}/metrics", timeout=5).text
-        found = SCORE_OK.search(text)
-        return float(found.group(1)) if found else 0.0
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=60)
-
-    def log(self) -> str:
-        return (self.folder / f"{self.name}-{self.starts}.log").read_text()
 
 
 @pytest.fixture(scope="module")
-def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Replica]]:
+def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[TeacherProcess]]:
     folder = tmp_path_factory.mktemp("replicas")
-    pair = [Replica(folder, "a"), Replica(folder, "b")]
+    pair = [TeacherProcess(folder, "a"), TeacherProcess(folder, "b")]
     try:
         for replica in pair:
             replica.start()
@@ -101,17 +39,12 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Replica]
             replica.stop()
 
 
-def balanced(replicas: list[Replica]) -> str:
+def balanced(replicas: list[TeacherProcess]) -> str:
     return "ipv4:" + ",".join(r.address for r in replicas)
 
 
 def trainer(target: str, run_dir: Path, *extra: str) -> subprocess.Popen:
-    args = [*RUN, f"teacher.target={target}", f"train.run_dir={run_dir}", *extra]
-    return subprocess.Popen(
-        [sys.executable, "-m", "tropd.trainer.cli", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+    return start_trainer([*RUN, f"teacher.target={target}", f"train.run_dir={run_dir}", *extra])
 
 
 def finish(proc: subprocess.Popen) -> str:
@@ -120,31 +53,12 @@ def finish(proc: subprocess.Popen) -> str:
     return err
 
 
-def steps_logged(run_dir: Path) -> list[int]:
-    path = run_dir / "metrics.jsonl"
-    rows = read_metrics(path) if path.exists() else []
-    return [r["step"] for r in rows if "loss/total" in r]
-
-
-def wait_for(what: str, check: Callable[[], bool], proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 240  # a safety stop, not an assertion on time
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"{what}: trainer exited\n" + proc.communicate()[1][-3000:]
-        try:
-            if check():
-                return
-        except (OSError, httpx.HTTPError, ValueError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within the limit")
-
-
 def weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "checkpoints" / f"step-{step:06d}" / "model.safetensors")
 
 
 def test_both_replicas_work_and_the_run_equals_a_one_replica_run(
-    replicas: list[Replica], tmp_path: Path
+    replicas: list[TeacherProcess], tmp_path: Path
 ) -> None:
     steps = 3
     before = [r.scores_served() for r in replicas]
@@ -173,7 +87,7 @@ def test_both_replicas_work_and_the_run_equals_a_one_replica_run(
 
 
 def test_a_replica_killed_and_restarted_costs_no_step_and_gets_work_again(
-    replicas: list[Replica], tmp_path: Path
+    replicas: list[TeacherProcess], tmp_path: Path
 ) -> None:
     run_dir = tmp_path / "killed"
     victim, survivor = replicas
