@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `docker compose up`, for real: build the CPU images, run the teacher and two student jobs with
-# their job tokens, check what they did, then `down -v`. CI runs it through
+# `docker compose up`, for real: build the CPU images, run the two teacher replicas and two student
+# jobs with their job tokens, check what they did (both replicas served both jobs: the students'
+# round robin over the alias teacher-replicas), then `down -v`. CI runs it through
 # tests/deploy/test_compose_smoke.py (part of scripts/test.sh).
 #
 #   bash scripts/compose_smoke.sh           # ~2.5 min with its caches, ~5 min on a fresh machine
@@ -310,7 +311,7 @@ if [ -z "${TORCH_CPU_INDEX:-}" ]; then
     if [ "$ENGINE" = docker ]; then
       # Docker: the build's RUN steps reach the loopback index through the host's network.
       printf 'services:\n' >"$WORK/build-network.yml"
-      for s in teacher student-a student-b; do
+      for s in teacher teacher-2 student-a student-b; do
         printf '  %s:\n    build:\n      network: host\n' "$s" >>"$WORK/build-network.yml"
       done
       COMPOSE_FILES=(-f "$WORK/build-network.yml")
@@ -371,11 +372,12 @@ http_get() {  # URL -> body on stdout; fails on a non-2xx status
   "$PYTHON" -c "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())" "$1"
 }
 
-log "compose up -d: teacher, student-a, student-b ($STEPS steps each)"
+log "compose up -d: teacher, teacher-2, student-a, student-b ($STEPS steps each)"
 STACK_UP=1
 compose 300 up -d >"$WORK/up.log" 2>&1 || { tail -n 30 "$WORK/up.log" >&2; fail "compose up failed"; }
 TEACHER=$(service_container teacher)
-[ -n "$TEACHER" ] || fail "no teacher container after compose up"
+TEACHER_2=$(service_container teacher-2)
+if [ -z "$TEACHER" ] || [ -z "$TEACHER_2" ]; then fail "a teacher replica has no container after compose up"; fi
 
 # The teacher's readiness over its published HTTP port (podman 4.3 without systemd never runs the
 # health check, and ignores depends_on: service_healthy: the students wait for the teacher).
@@ -386,6 +388,13 @@ until body=$(http_get "http://127.0.0.1:$TEACHER_HTTP_PORT/readyz" 2>/dev/null) 
   sleep 2
 done
 log "teacher ready after $(( $(now) - T_BUILD ))s: /readyz $body"
+# The second replica publishes no port: its gRPC health from inside its container.
+until $ENGINE exec "$TEACHER_2" tropd-teacher health --target localhost:50051 >/dev/null 2>&1; do
+  [ "$($ENGINE inspect -f '{{.State.Running}}' "$TEACHER_2")" = true ] || fail "the teacher-2 container stopped"
+  [ "$(now)" -lt "$deadline" ] || fail "teacher-2 was not SERVING within ${READY_TIMEOUT_S}s"
+  sleep 2
+done
+log "teacher-2 ready after $(( $(now) - T_BUILD ))s"
 
 # gRPC health, as the image's health check runs it, and from the host over the published port.
 $ENGINE exec "$TEACHER" tropd-teacher health --target localhost:50051 \
@@ -409,25 +418,39 @@ while :; do
     fi
   done
   [ "$done_count" = 2 ] && break
-  [ "$($ENGINE inspect -f '{{.State.Running}}' "$TEACHER")" = true ] || fail "the teacher container stopped"
+  for id in "$TEACHER" "$TEACHER_2"; do
+    [ "$($ENGINE inspect -f '{{.State.Running}}' "$id")" = true ] || fail "a teacher container stopped"
+  done
   [ "$(now)" -lt "$deadline" ] || fail "the students did not both finish within ${RUN_TIMEOUT_S}s"
   sleep 3
 done
 T_RUN=$(now)
 log "both students exited 0 after $(( T_RUN - T_BUILD ))s"
 
-# Both jobs were served by the one teacher, each under its own token's job name.
-metrics=$(http_get "http://127.0.0.1:$TEACHER_HTTP_PORT/metrics") || fail "the teacher's /metrics did not answer"
-for s in student-a student-b; do
-  scored=$(sed -n "s/^teacher_job_scored_tokens_total{job=\"$s\"} //p" <<<"$metrics")
-  if [ -z "$scored" ] || ! "$PYTHON" -c "import sys; sys.exit(float(sys.argv[1]) <= 0)" "$scored"; then
-    fail "the teacher's /metrics has no scored tokens for job $s"
+# Each replica's /metrics, read inside its container (teacher-2 publishes no port): both
+# replicas served Score calls of both jobs, each under its own token's job name, none anonymous.
+replica_metrics() {  # CONTAINER -> its /metrics text
+  $ENGINE exec "$1" python -c \
+    "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8080/metrics', timeout=5).read().decode())"
+}
+metric_sum() {  # PATTERN (a sed regex of the series, before the value) METRICS -> the sum
+  sed -n "s/^$1 //p" <<<"$2" | "$PYTHON" -c "import sys; print(sum(float(v) for v in sys.stdin))"
+}
+positive() { "$PYTHON" -c "import sys; sys.exit(float(sys.argv[1]) <= 0)" "$1"; }
+for replica in teacher teacher-2; do
+  id=$(service_container "$replica")
+  metrics=$(replica_metrics "$id") || fail "the /metrics of $replica did not answer"
+  grep -q "^teacher_info{replica=\"$replica\"} 1" <<<"$metrics" || fail "$replica: no teacher_info{replica=\"$replica\"}"
+  for s in student-a student-b; do
+    calls=$(metric_sum "teacher_job_requests_total{job=\"$s\",method=\"Score\",status=\"OK\"}" "$metrics")
+    scored=$(metric_sum "teacher_job_scored_tokens_total{job=\"$s\"}" "$metrics")
+    if ! positive "$calls" || ! positive "$scored"; then fail "$replica served no Score calls of job $s"; fi
+    log "$replica scored $scored positions in $calls Score calls of job $s"
+  done
+  if grep -q '^teacher_job_scored_tokens_total{job="anonymous"}' <<<"$metrics"; then
+    fail "$replica served calls without a job token (job anonymous)"
   fi
-  log "teacher scored $scored positions for job $s"
 done
-if grep -q '^teacher_job_scored_tokens_total{job="anonymous"}' <<<"$metrics"; then
-  fail "the teacher served calls without a job token (job anonymous)"
-fi
 # Each student's last checkpoint is in the runs volume, written as uid 10001.
 $ENGINE run --rm -v "${PROJECT}_runs:/runs:ro" "tropd-trainer:$TAG-cpu" bash -c "
   ls -d /runs/student-a/checkpoints/step-$(printf '%06d' "$STEPS") /runs/student-b/checkpoints/step-$(printf '%06d' "$STEPS")" \

@@ -7,13 +7,17 @@ Per-job series (`teacher_job_*`) carry a `job` label whose values are the bounde
 names from the tokens file (plus "anonymous"), or a short hash of each name, or "-" for all
 (`job_label`, the server's `metrics_job_label`), so an open /metrics need not list who uses the
 teacher; calls refused before a job is known count only in the server-wide
-`teacher_rejections`. `RefusalLog` rate-limits the WARNING lines of refused calls.
+`teacher_rejections`. Every series is one replica's own count: Prometheus tells replicas apart by
+the `instance` it scraped, and `teacher_info{replica}` names that instance by its host name (the
+pod name in Kubernetes, the service's `hostname` in compose) for dashboards to join on.
+`RefusalLog` rate-limits the WARNING lines of refused calls.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -24,6 +28,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Info,
     generate_latest,
 )
 
@@ -53,15 +58,21 @@ class TeacherMetrics:
     """Every metric the teacher exports, bound to one registry."""
 
     def __init__(
-        self, registry: CollectorRegistry | None = None, job_label: JobLabel = "name"
+        self,
+        registry: CollectorRegistry | None = None,
+        job_label: JobLabel = "name",
+        replica: str | None = None,
     ) -> None:
         """Args:
         registry: where to register; default a new private registry.
         job_label: how per-job series name their job (see `job_label_of`).
+        replica: the `replica` label of `teacher_info`; default this host's name.
         """
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self.job_label_mode: JobLabel = job_label
         r = self.registry
+        self.info = Info("teacher", "Which replica this server is (always 1)", registry=r)
+        self.info.info({"replica": replica or socket.gethostname()})
         self.requests = Counter(
             "teacher_requests",
             "Finished RPCs by method and gRPC status",

@@ -6,6 +6,7 @@ No Docker engine here; tests/deploy/test_compose_rehearsal.py runs the CPU servi
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tomllib
@@ -61,16 +62,26 @@ def test_env_example_defines_exactly_the_variables_compose_uses() -> None:
     assert set(read_env_file(ENV_EXAMPLE)) == compose_variables()
 
 
-def test_default_profile_is_one_teacher_and_two_students(compose: dict[str, Any]) -> None:
+def test_default_profile_is_two_teacher_replicas_and_two_students(compose: dict[str, Any]) -> None:
     services = _services(compose, None)
-    assert set(services) == {"teacher", "student-a", "student-b"}
-    teacher = services["teacher"]
+    assert set(services) == {"teacher", "teacher-2", "student-a", "student-b"}
+    teacher, replica = services["teacher"], services["teacher-2"]
     assert teacher["healthcheck"]["test"][:3] == ["CMD", "tropd-teacher", "health"]
     assert _seconds(teacher["healthcheck"]["start_period"]) >= 60
+    # Replicas of one teacher: the same image, settings, mounts and health check (the YAML
+    # anchor x-teacher-cpu); they differ only in their host name and published ports.
+    same = ("image", "build", "environment", "volumes", "healthcheck", "networks")
+    assert {k: teacher[k] for k in same} == {k: replica[k] for k in same}
+    assert (teacher["hostname"], replica["hostname"]) == ("teacher", "teacher-2")
+    (alias,) = teacher["networks"]["default"]["aliases"]
     students = [services["student-a"], services["student-b"]]
+    healthy = {"condition": "service_healthy"}
     for student in students:
-        assert student["depends_on"] == {"teacher": {"condition": "service_healthy"}}
-        assert _override(student, "teacher.target") == f"teacher:{_teacher_grpc_port(teacher)}"
+        assert student["depends_on"] == {"teacher": healthy, "teacher-2": healthy}
+        # A dns:/// target: gRPC balances over every address of the alias (round robin), and
+        # the trainer sizes its Score requests in flight and checks the replicas by it.
+        target = f"dns:///{alias}:{_teacher_grpc_port(teacher)}"
+        assert _override(student, "teacher.target") == target
     assert len({_override(s, "train.run_dir") for s in students}) == 2
     raw = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
     tokens = {raw[name]["environment"]["TEACHER_TOKEN"] for name in ("student-a", "student-b")}
@@ -121,6 +132,54 @@ def test_tgi_and_observability_profiles(compose: dict[str, Any]) -> None:
             assert int(port) in listening[host], f"{job['job_name']}: {target}"
 
 
+def test_prometheus_scrapes_every_teacher_replica(compose: dict[str, Any]) -> None:
+    scrape = yaml.safe_load((ROOT / "deploy" / "compose" / "prometheus.yml").read_text())
+    (teachers,) = [job for job in scrape["scrape_configs"] if job["job_name"] == "tropd-teacher"]
+    targets = set(teachers["static_configs"][0]["targets"])
+    replicas = [
+        name
+        for name, spec in compose["services"].items()
+        if "teacher-replicas" in (spec.get("networks") or {}).get("default", {}).get("aliases", [])
+    ]
+    assert len(replicas) == 2
+    for name in replicas:
+        port = int(compose["services"][name]["environment"]["TEACHER_HTTP_PORT"])
+        assert f"{name}:{port}" in targets
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_tropd_dashboard(
+    compose: dict[str, Any],
+) -> None:
+    grafana = compose["services"]["grafana"]
+    assert grafana["profiles"] == ["observability"]
+    mounts = {v.split(":")[1]: ROOT / v.split(":")[0] for v in grafana["volumes"] if v[0] == "."}
+    provisioning = mounts["/etc/grafana/provisioning"]
+    (datasources,) = [
+        yaml.safe_load(f.read_text()) for f in (provisioning / "datasources").glob("*.yaml")
+    ]
+    (source,) = datasources["datasources"]
+    assert source["type"] == "prometheus" and source["isDefault"]
+    prometheus = compose["services"]["prometheus"]
+    assert source["url"] == f"http://prometheus:{container_port(prometheus['ports'][0])}"
+    (dashboards,) = [
+        yaml.safe_load(f.read_text()) for f in (provisioning / "dashboards").glob("*.yaml")
+    ]
+    (provider,) = dashboards["providers"]
+    assert provider["type"] == "file"
+    # The provider reads the folder compose mounts deploy/grafana/ on: the one dashboard file,
+    # the same the Helm chart ships (no copy).
+    folder = mounts[provider["options"]["path"]]
+    assert folder == ROOT / "deploy" / "grafana"
+    (dashboard,) = [json.loads(f.read_text()) for f in folder.glob("*.json")]
+    # Its panels' data source is the variable `datasource` of type prometheus: the default one.
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
+    assert variable["query"] == source["type"]
+    assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {f"${{{variable['name']}}}"}
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.rpartition("/")[0] == provider["options"]["path"]
+    assert (folder / home.rpartition("/")[2]).is_file()
+
+
 def test_tgi_teacher_takes_token_and_timeout_from_the_environment(
     compose: dict[str, Any],
 ) -> None:
@@ -136,14 +195,15 @@ def test_tgi_teacher_takes_token_and_timeout_from_the_environment(
     assert config.tgi_token is not None and config.tgi_token.get_secret_value() == "tgi-secret"
 
 
-@pytest.mark.parametrize("name", ["teacher", "teacher-gpu"])
+@pytest.mark.parametrize("name", ["teacher", "teacher-2", "teacher-gpu"])
 def test_teacher_environment_loads_in_the_server_config(compose: dict[str, Any], name: str) -> None:
     from tropd.teacher.config import load_config
 
     spec = compose["services"][name]
     env = {k: str(v) for k, v in spec["environment"].items()}
     config = load_config(environ=env)
-    assert {container_port(p) for p in spec["ports"]} == {config.port, config.http_port}
+    ports = [*spec.get("ports", []), *spec.get("expose", [])]
+    assert {container_port(p) for p in ports} == {config.port, config.http_port}
 
 
 @pytest.mark.parametrize("name", ["student-a", "student-b"])

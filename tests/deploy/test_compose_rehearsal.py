@@ -5,9 +5,12 @@ its image's CMD), its environment (image ENV, then the service's), its healthche
 `depends_on: service_healthy` order and the stop signal. What stands in for the container
 runtime: the image's WORKDIR (/opt/tropd) is this checkout, each named volume is a temporary
 folder, each published container port is a free loopback port (so "teacher:50051" becomes
-"127.0.0.1:<port>"), and the compose variables are .env.example's with STUDENT_STEPS=2, as a user's
-.env would set them. The two students must finish a short run against the one teacher, and the
-teacher must drain and exit 0 on SIGTERM.
+"127.0.0.1:<port>"), a network alias shared by services is the list of their loopback ports (so
+"dns:///teacher-replicas:50051" becomes "ipv4:127.0.0.1:<port>,127.0.0.1:<port>", what the
+compose network's DNS answers), and the compose variables are .env.example's with
+STUDENT_STEPS=2, as a user's .env would set them. The two students must finish a short run
+against the two teacher replicas, both replicas must have scored, and each must drain and exit 0
+on SIGTERM.
 """
 
 from __future__ import annotations
@@ -87,20 +90,29 @@ class Stand:
 
     tmp: Path
     ports: dict[tuple[str, int], int] = field(default_factory=dict)  # (service, container) -> host
+    aliases: dict[str, list[str]] = field(default_factory=dict)  # network alias -> services
     paths: dict[str, dict[str, Path]] = field(default_factory=dict)  # service -> container -> local
 
     def rewrite(self, service: str, value: str) -> str:
         """One command argument or environment value, as the process outside a container sees it.
 
         Container paths at the start of a value or after "key=" become local folders; "svc:port"
-        of any service becomes its loopback port; the service's own port, alone, after "key=" or
-        as "localhost:port", becomes its loopback port; 0.0.0.0 binds loopback only.
+        of any service becomes its loopback port, "dns:///alias:port" the list of the alias's
+        services' loopback ports; the service's own port, alone, after "key=" or as
+        "localhost:port", becomes its loopback port; 0.0.0.0 binds loopback only.
         """
         paths = self.paths[service]
         for container_path in sorted(paths, key=len, reverse=True):
             pattern = rf"(^|=){re.escape(container_path)}(?=/|$)"
             local = str(paths[container_path])
             value = re.sub(pattern, lambda m, local=local: m.group(1) + local, value)
+        for alias, members in self.aliases.items():
+
+            def addresses(m: re.Match[str], members: list[str] = members) -> str:
+                port = int(m.group(1))
+                return "ipv4:" + ",".join(f"127.0.0.1:{self.ports[(s, port)]}" for s in members)
+
+            value = re.sub(rf"\bdns:///{re.escape(alias)}:(\d+)\b", addresses, value)
         for (owner, port), host_port in self.ports.items():
             value = re.sub(rf"\b{re.escape(owner)}:{port}\b", f"127.0.0.1:{host_port}", value)
             if owner == service:
@@ -195,8 +207,9 @@ def test_compose_up_rehearsal(tmp_path: Path, processes: list[Running]) -> None:
     env = {**read_env_file(ENV_EXAMPLE), "STUDENT_STEPS": "2"}
     compose = load_compose(env)
     services = {n: s for n, s in compose["services"].items() if not s.get("profiles")}
-    teacher_name = "teacher"
-    students = sorted(n for n, s in services.items() if teacher_name in s.get("depends_on", {}))
+    teacher_names = sorted({t for s in services.values() for t in s.get("depends_on", {})})
+    assert teacher_names == ["teacher", "teacher-2"]
+    students = sorted(n for n, s in services.items() if "teacher" in s.get("depends_on", {}))
     assert students == ["student-a", "student-b"]
 
     stand = Stand(tmp_path)
@@ -212,12 +225,14 @@ def test_compose_up_rehearsal(tmp_path: Path, processes: list[Running]) -> None:
         for local in paths.values():
             local.mkdir(parents=True, exist_ok=True)
         stand.paths[name] = {WORKDIR: ROOT, **paths}
+        for alias in ((spec.get("networks") or {}).get("default") or {}).get("aliases", []):
+            stand.aliases.setdefault(alias, []).append(name)
     (tmp_path / "home").mkdir()
 
-    teacher_spec = services[teacher_name]
-    teacher = _start(stand, teacher_name, teacher_spec)
-    processes.append(teacher)
-    _wait_healthy(stand, teacher, teacher_spec)
+    teachers = [_start(stand, name, services[name]) for name in teacher_names]
+    processes.extend(teachers)
+    for teacher in teachers:
+        _wait_healthy(stand, teacher, services[teacher.name])
 
     runs = [_start(stand, name, services[name]) for name in students]
     processes.extend(runs)
@@ -228,7 +243,7 @@ def test_compose_up_rehearsal(tmp_path: Path, processes: list[Running]) -> None:
         except subprocess.TimeoutExpired:
             pytest.fail(f"{run.name} did not finish in {STUDENT_TIMEOUT_S:.0f}s\n{run.tail()}")
     failed = [run.tail() for run in runs if run.process.returncode != 0]
-    assert not failed, "\n".join(failed + [teacher.tail()])
+    assert not failed, "\n".join(failed + [teacher.tail() for teacher in teachers])
 
     for run, name in zip(runs, students, strict=True):
         run_dir = Path(stand.rewrite(name, f"={_arg(services[name], 'train.run_dir')}")[1:])
@@ -237,15 +252,20 @@ def test_compose_up_rehearsal(tmp_path: Path, processes: list[Running]) -> None:
         assert summary["steps_done"] == int(env["STUDENT_STEPS"]), run.tail()
         assert Path(summary["run_dir"]) == run_dir
         assert (run_dir / "checkpoints" / f"step-{summary['steps_done']:06d}").is_dir()
-    http_port = stand.ports[(teacher_name, int(teacher_spec["environment"]["TEACHER_HTTP_PORT"]))]
-    assert _scored_tokens(http_port) > 0
+    for teacher in teachers:  # the students' round robin reached both replicas
+        spec = services[teacher.name]
+        http_port = stand.ports[(teacher.name, int(spec["environment"]["TEACHER_HTTP_PORT"]))]
+        assert _scored_tokens(http_port) > 0, teacher.name
 
-    teacher.process.send_signal(signal.SIGTERM)
-    grace = _seconds(teacher_spec["stop_grace_period"])
-    try:
-        assert teacher.process.wait(timeout=grace) == 0, teacher.tail()
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"teacher did not drain and exit within {grace:.0f}s\n{teacher.tail()}")
+    for teacher in teachers:
+        teacher.process.send_signal(signal.SIGTERM)
+    for teacher in teachers:
+        grace = _seconds(services[teacher.name]["stop_grace_period"])
+        try:
+            assert teacher.process.wait(timeout=grace) == 0, teacher.tail()
+        except subprocess.TimeoutExpired:
+            late = f"{teacher.name} did not drain and exit within {grace:.0f}s"
+            pytest.fail(f"{late}\n{teacher.tail()}")
 
 
 def _arg(spec: dict[str, Any], key: str) -> str:

@@ -1,6 +1,7 @@
 """`docker compose up` for real: scripts/compose_smoke.sh builds the CPU images from the Dockerfile,
-runs the compose file's teacher and two students with a real container engine, checks them and
-takes the stack down (see the script's header for what it checks and what it keeps).
+runs the compose file's two teacher replicas and two students with a real container engine,
+checks them (both replicas served Score calls of both students) and takes the stack down (see the
+script's header for what it checks and what it keeps).
 
 The script sets its engine up itself: Docker when its daemon answers, else rootful podman, which
 it installs. When that is impossible it exits 3 with the reason, and this test fails with that

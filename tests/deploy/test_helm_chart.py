@@ -180,6 +180,14 @@ BAD_VALUES = [
         "/teacher/config/tgi_url",
         id="tgi-url-without-scheme",
     ),
+    pytest.param(
+        {"grafanaDashboard": {"enabled": "yes"}}, "/grafanaDashboard/enabled", id="dashboard-flag"
+    ),
+    pytest.param(
+        {"grafanaDashboard": {"labels": {"grafana_dashboard": 1}}},
+        "/grafanaDashboard/labels/grafana_dashboard",
+        id="dashboard-label-not-a-string",
+    ),
 ]
 
 
