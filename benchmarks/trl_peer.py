@@ -130,8 +130,8 @@ def _train(job: dict[str, Any]) -> list[float]:
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
             if logs and "loss" in logs:
-                logger.log(state.global_step, {"loss/total": float(logs["loss"]),
-                                               "train/grad_norm": float(logs["grad_norm"])})  # fmt: skip
+                values = {"loss/total": logs["loss"], "train/grad_norm": logs["grad_norm"]}
+                logger.log(state.global_step, {k: float(v) for k, v in values.items()})
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             step = state.global_step
@@ -142,8 +142,10 @@ def _train(job: dict[str, Any]) -> list[float]:
         output_dir=str(run_dir / "trl"),
         beta=1.0,  # reverse KL
         temperature=1.0,  # the loss on untempered distributions, as tropd's losses
-        generation_kwargs={"temperature": cfg.rollout.temperature,
-                           "eos_token_id": list(data.codec.eos_ids)},  # fmt: skip
+        generation_kwargs={
+            "temperature": cfg.rollout.temperature,
+            "eos_token_id": list(data.codec.eos_ids),
+        },  # fmt: skip
         max_completion_length=data.max_new_tokens,
         per_device_train_batch_size=batch,
         gradient_accumulation_steps=1,
