@@ -139,8 +139,9 @@ def _check_topk_field(
     if value.dim() != 3 or tuple(value.shape[:2]) != shape_B_T or value.shape[2] < 1:
         raise LossInputError(f"{name} has shape {tuple(value.shape)}, want {shape_B_T} + (K>=1,)")
     if k_width is not None and value.shape[2] != k_width:
+        w = name[-1]  # K: the teacher's top-k fields, C: the student's own top-C fields
         raise LossInputError(
-            f"{name} has width {value.shape[2]}, the other fields of its kind have {k_width}"
+            f"{name} has {w}={value.shape[2]}, other _{w} fields have {w}={k_width}"
         )
     is_ids = name.endswith("ids_B_T_K")
     if is_ids and (value.is_floating_point() or value.dtype == torch.bool):
