@@ -61,9 +61,12 @@ SERIES = (
     "train/trust_fraction",
     "loss/total",
     "train/outlier_weight",
+    "train/sequence_weight",
 )
 
 _TROPD = ["loss.method=tropd", "loss.outlier=topk_fkl", "loss.outlier_weighting=none"]
+# Today's default (issue 8), spelled out, as issue 20's candidates modify it.
+_ISSUE20_DEFAULT = [*_TROPD[:2], "loss.outlier_weighting=surprise"]
 # Every variant spells out its loss fields, so results do not move when trainer defaults change.
 METHODS: dict[str, list[str]] = {
     "opd": ["loss.method=opd"],
@@ -88,10 +91,16 @@ METHODS: dict[str, list[str]] = {
     "surprise_c4": [*_TROPD[:2], "loss.outlier_weighting=surprise", "loss.surprise_c=4"],
     "surprise_s0_2": [*_TROPD[:2], "loss.outlier_weighting=surprise", "loss.surprise_s0=2"],
     "surprise_s0_8": [*_TROPD[:2], "loss.outlier_weighting=surprise", "loss.surprise_s0=8"],
+    # issue 20's candidates (the student's own top-16 scored by the teacher as candidates).
+    "rkl_topk": ["loss.method=rkl_topk", "loss.student_topk=16"],
+    "tropd_rkl": [*_ISSUE20_DEFAULT, "loss.trust_signal=rkl_topk", "loss.student_topk=16"],
+    "rkl_topk_floor": ["loss.method=rkl_topk", "loss.student_topk=16", "loss.rkl_floor=-5"],
+    "tropd_seqtrust": [*_ISSUE20_DEFAULT, "loss.sequence_trust=true"],
 }
 BASELINES = ("clip", "mask", "fkl_topk", "jsd", "eopd", "entropy_top20")
 SENSITIVITY = ("surprise_c1", "surprise_c4", "surprise_s0_2", "surprise_s0_8")
-DEFAULT_WORLD_METHODS = tuple(m for m in METHODS if m not in SENSITIVITY)
+ISSUE20 = ("rkl_topk", "tropd_rkl", "rkl_topk_floor", "tropd_seqtrust")
+DEFAULT_WORLD_METHODS = tuple(m for m in METHODS if m not in (*SENSITIVITY, *ISSUE20))
 # Other settings, in priority order (a deadline cuts from the end); "best" = the best baseline.
 OTHER_METHODS = (
     "opd",

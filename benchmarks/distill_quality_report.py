@@ -3,6 +3,11 @@
 Knows nothing about training or the teacher: a record is one run's `{"setting", "method", "seed",
 "status", "series": {metric: [[step, value], ...]}}` (status "ok", "failed" or "cut").
 
+Dip (issue 20, pre-registered in docs/results.md; `tropd.trainer.dip`): drawdown = lowest eval
+accuracy minus the start; recovery steps = from the lowest eval to the first later eval at or
+above the start (recovered = how many seeds did; 0 steps when never below); AUC = the mean
+accuracy over training (trapezoids over the eval steps).
+
 Collapse (decided before any run): a run collapsed if it failed or logged a non-finite loss, or
 if every evaluation in the second half of training scored below half of its own start accuracy.
 "Below start" counts the milder outcome: final accuracy under the start accuracy.
@@ -19,6 +24,8 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from tropd.trainer.dip import dip_of
 
 TARGET_GAIN = 0.05  # "steps to target": first eval at >= start + 5 points
 PAPER_ABLATION = (  # DESIGN §3's math ablation, in the paper's order
@@ -76,6 +83,8 @@ def cell_stats(runs: list[dict[str, Any]]) -> dict[str, Any]:
     grads = [v for r in done for _, v in r["series"]["train/grad_norm"]]
     trust = [v for r in done for _, v in r["series"]["train/trust_fraction"]]
     weight = [v for r in done for _, v in r["series"]["train/outlier_weight"]]
+    dips = [dip_of([(s, a) for s, a in acc]) for acc in accs]  # issue 20's dip metrics
+    recovered = [d.recovery_steps for d in dips if d.recovery_steps is not None]
     return {
         "seeds": [r["seed"] for r in done],
         "start": _mean_std([a[0][1] for a in accs]),
@@ -91,6 +100,10 @@ def cell_stats(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "outlier_weight": statistics.fmean(_finite(weight)) if _finite(weight) else None,
         "grad_norm_mean": statistics.fmean(_finite(grads)) if _finite(grads) else None,
         "grad_norm_p99": _p99(grads) if grads else None,
+        "drawdown": _mean_std([d.drawdown for d in dips]),
+        "recovery_steps": statistics.fmean(recovered) if recovered else None,
+        "recovered": len(recovered),
+        "auc": _mean_std([d.auc for d in dips]),
     }
 
 
@@ -114,8 +127,9 @@ def setting_table(setting: str, stats: dict[str, dict[str, Any]], command: str) 
     lines = [f"### Setting `{setting}`", "", "```", command, "```", ""]
     lines += [
         "| method | seeds | start | final | best | final − OPD | steps to +5 pts (reached) "
-        "| collapsed | below start | trust frac | outlier w | grad norm mean | grad norm p99 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| collapsed | below start | drawdown | recovery steps (recovered) | AUC "
+        "| trust frac | outlier w | grad norm mean | grad norm p99 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m, c in stats.items():
         n = len(c["seeds"])
@@ -124,10 +138,16 @@ def setting_table(setting: str, stats: dict[str, dict[str, Any]], command: str) 
             f"| {m} | {n} | {c['start'][0]:.3f} | {_pm(c['final'])} | {_pm(c['best'])} "
             f"| {_num(delta, '+.3f')} | {_num(c['steps_to_target'], '.0f')} "
             f"({c['reached_target']}/{n}) | {c['collapsed']}/{n} | {c['below_start']}/{n} "
+            f"| {_pm(c['drawdown'])} | {_recovery(c)} | {c['auc'][0]:.3f} "
             f"| {_num(c['trust_fraction'])} | {_num(c['outlier_weight'])} "
             f"| {_num(c['grad_norm_mean'])} | {_num(c['grad_norm_p99'])} |"
         )
     return [*lines, ""]
+
+
+def _recovery(c: dict[str, Any]) -> str:
+    n = len(c["seeds"])
+    return f"{_num(c['recovery_steps'], '.0f')} ({c['recovered']}/{n})"
 
 
 def _grid(rows: list[str], cols: list[str], cell: Any, head: str) -> list[str]:
@@ -163,7 +183,22 @@ def cross_tables(summary: dict[str, dict[str, dict[str, Any]]]) -> dict[str, lis
         "variant (c, s0 default 2, 4)",
     )
     out["never_worse_than_opd"] = never_worse(summary)
+    out["dip"] = dip_table(summary)
     return out
+
+
+def dip_table(summary: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """Issue 20: every method x setting, "final / drawdown / recovery steps (recovered)"."""
+    methods = list(dict.fromkeys(m for cells in summary.values() for m in cells))
+
+    def cell(method: str, setting: str) -> str:
+        c = summary[setting].get(method)
+        if c is None or not c["seeds"]:
+            return "not run"
+        return (f"{c['final'][0]:.3f} / {c['drawdown'][0]:+.3f} / {_recovery(c)} "
+                f"/ AUC {c['auc'][0]:.3f}")  # fmt: skip
+
+    return _grid(methods, list(summary), cell, "method \\ setting (final / drawdown / rec. / AUC)")
 
 
 def never_worse(summary: dict[str, dict[str, dict[str, Any]]]) -> list[str]:

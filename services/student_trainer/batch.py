@@ -26,6 +26,8 @@ class TrainSequence:
     behavior_logprobs: np.ndarray  # float32 [R]; NaN on prefix tokens (the student did not
     # sample them), zeros for teacher drafts trained as they are (sft)
     finish_reason: str = "eos"  # "eos" (the response ends with an eos id) or "length" (cut)
+    student_topk_ids: np.ndarray | None = None  # int64 [R, C]: the student's C likeliest ids
+    # at each response token, recorded at sampling time (`rkl_topk`); zeros on prefix tokens
 
     @property
     def response_len(self) -> int:
@@ -100,6 +102,8 @@ class MicroBatch:
     teacher_topk_ids_B_T_K: torch.Tensor | None  # int64
     teacher_topk_logprobs_B_T_K: torch.Tensor | None  # float32
     teacher_entropy_B_T: torch.Tensor | None  # float32
+    student_topk_ids_B_T_C: torch.Tensor | None = None  # int64, the student's own top-C
+    teacher_cand_logprobs_B_T_C: torch.Tensor | None = None  # float32, the teacher at those ids
 
     @property
     def num_sequences(self) -> int:
@@ -142,6 +146,9 @@ def collate(
     have_scores = len(graded) == len(sequences)
     topk = have_scores and graded[0].topk_ids is not None
     entropy = have_scores and graded[0].entropy is not None
+    own_topk = [s.student_topk_ids for s in sequences if s.student_topk_ids is not None]
+    cands = have_scores and graded[0].candidate_logprobs is not None
+    cands = cands and len(own_topk) == len(sequences)
 
     def teacher_rows(field: str, fill: float, dtype: torch.dtype) -> torch.Tensor:
         return _pad_rows([getattr(sc, field) for sc in graded], width_T, fill, dtype)
@@ -168,4 +175,8 @@ def collate(
             teacher_rows("topk_logprobs", 0.0, torch.float32) if topk else None
         ),
         teacher_entropy_B_T=teacher_rows("entropy", 0.0, torch.float32) if entropy else None,
+        student_topk_ids_B_T_C=_pad_rows(own_topk, width_T, 0, torch.long) if cands else None,
+        teacher_cand_logprobs_B_T_C=(
+            teacher_rows("candidate_logprobs", 0.0, torch.float32) if cands else None
+        ),
     )

@@ -4,6 +4,7 @@
     tropd-train run --config configs/tropd.yaml optim.lr=5e-5 train.steps=200
     tropd-train print-config --config configs/tropd.yaml loss.method=opd
     tropd-train eval --model runs/x/checkpoints/step-000100
+    tropd-train export-best --run-dir runs/x --out student-best   # with train.keep_best: true
     tropd-train build-world --out worlds/builtin
     tropd-train generate-drafts --out drafts.jsonl --teacher localhost:50051
 
@@ -75,6 +76,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_best(args: argparse.Namespace) -> int:
+    from tropd.trainer.keep_best import export_best
+
+    try:
+        record = export_best(args.run_dir, args.out)
+    except (FileNotFoundError, FileExistsError) as exc:
+        raise ConfigError(str(exc)) from exc
+    print(json.dumps({"out": args.out, "step": record.step, "accuracy": record.accuracy}))
+    return 0
+
+
 def _cmd_generate_drafts(args: argparse.Namespace) -> int:
     from tropd.teacher.client import TeacherClient
     from tropd.trainer.guidance import DraftRequest, write_drafts
@@ -136,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="HF folder (a checkpoint) or builtin:NAME")
     _add_config_args(p)
     p.set_defaults(fn=_cmd_eval)
+
+    p = sub.add_parser(
+        "export-best", help="copy the best-eval student a run kept (train.keep_best) to a folder"
+    )
+    p.add_argument("--run-dir", required=True, help="the run's train.run_dir")
+    p.add_argument("--out", required=True, help="new folder for the HF-format student")
+    p.set_defaults(fn=_cmd_export_best)
 
     p = sub.add_parser("generate-drafts", help="write teacher drafts for guidance to a JSONL file")
     p.add_argument("--out", required=True, help="output JSONL path")

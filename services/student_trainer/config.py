@@ -205,6 +205,20 @@ class TrainConfig(_Frozen):
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's")
     progress: bool = Field(True, description="progress bars (ours and the libraries'); false: none")
     tensorboard: bool = True
+    keep_best: bool = Field(
+        False,
+        description="keep the best-eval student (the start included) in run_dir/best/ (HF "
+        "format, `tropd-train export-best`)",
+    )
+    early_stop_evals: int | None = Field(
+        None, ge=1, description="stop after this many evals in a row without a new best; null: off"
+    )
+    dip_warn_points: float | None = Field(
+        10.0,
+        gt=0,
+        description="warn when eval accuracy falls this many points below the start, naming the "
+        "training metrics that moved most; null: never",
+    )
 
 
 class RunConfig(_Frozen):

@@ -14,9 +14,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
+
 from tropd.teacher.client import ScoredSequence, ScoreResults, TeacherClient, TeacherInfo
 from tropd.trainer.batch import TrainSequence
-from tropd.trainer.losses import LossConfig, needs_teacher_entropy, needs_topk
+from tropd.trainer.losses import LossConfig, needs_student_topk, needs_teacher_entropy, needs_topk
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,12 @@ def split(
     return _chunks(sequences, max(1, min(max_request_tokens, share)))
 
 
+def _candidates(q: TrainSequence) -> np.ndarray:
+    if q.student_topk_ids is None:
+        raise ValueError("the loss reads the student's own top-k, but the rollout recorded none")
+    return q.student_topk_ids.astype(np.int32)
+
+
 def grade(
     client: TeacherClient,
     info: TeacherInfo,
@@ -61,7 +69,8 @@ def grade(
     Args:
         client, info: the teacher and what it said of itself (limits, vocabulary size).
         sequences: the step's rollouts; each is scored from its `context_len` on.
-        loss: decides the extras asked for (`needs_topk`, `needs_teacher_entropy`).
+        loss: decides the extras asked for (`needs_topk`, `needs_teacher_entropy`, and the
+            student's own top-k as `candidates`: `needs_student_topk`).
         in_flight: Score requests sent at once (`teacher.max_in_flight`); 1 sends them one
             after another.
     Returns:
@@ -75,10 +84,13 @@ def grade(
     top_k = min(loss.topk, info.vocab_size) if needs_topk(loss) else 0
     chunks = split(sequences, info.limits.max_request_tokens, in_flight)
 
+    own_topk = needs_student_topk(loss)  # the student's own top-C ids, scored as candidates
+
     def score(chunk: Sequence[TrainSequence]) -> ScoreResults:
+        cands = [_candidates(q) for q in chunk] if own_topk else None
         return client.score(
             [q.ids for q in chunk], starts=[q.context_len for q in chunk], top_k=top_k,
-            extras=extras,
+            candidates=cands, extras=extras,
         )  # fmt: skip
 
     if in_flight <= 1 or len(chunks) == 1:

@@ -29,14 +29,16 @@ from tropd.trainer.checkpoint import (
     step_dir_name,
 )
 from tropd.trainer.config import RunConfig, dump_config
+from tropd.trainer.dip import warn_if_dipped
 from tropd.trainer.evaluate import evaluate_student, report_start
 from tropd.trainer.grades import Grades
 from tropd.trainer.guidance import Drafts
-from tropd.trainer.losses import needs_teacher_scores
+from tropd.trainer.keep_best import BestKeeper
+from tropd.trainer.losses import needs_student_topk, needs_teacher_scores
 from tropd.trainer.plots import plot_run
 from tropd.trainer.rollout import roll_out
 from tropd.trainer.routing import connect_teachers, grade_routed
-from tropd.trainer.run_log import Progress, RunLogger, quiet_progress_bars
+from tropd.trainer.run_log import Progress, RunLogger, quiet_progress_bars, read_metrics
 from tropd.trainer.sampler import PromptSampler
 from tropd.trainer.setup import (
     Data,
@@ -96,6 +98,10 @@ def train(cfg: RunConfig) -> RunResult:
         start_step = state.step
         log.info("resumed from %s (step %d)", latest, start_step)
     logger = RunLogger(run_dir, tensorboard=cfg.train.tensorboard, resume_step=start_step)
+    # The safety net (keep_best, early stopping) and the dip warning read the evals so far.
+    evals = [(r["step"], r["eval/accuracy"]) for r in read_metrics(logger.path)
+             if r.get("eval/accuracy") is not None]  # fmt: skip
+    keeper = BestKeeper(run_dir, cfg.train.keep_best, cfg.train.early_stop_evals, evals)
 
     def evaluate(step: int) -> float:
         status.set_state("evaluating")
@@ -109,6 +115,11 @@ def train(cfg: RunConfig) -> RunResult:
         else:
             log.info("step %d eval accuracy %.3f  e.g. %s", step, result.accuracy,
                      result.samples[0].describe())  # fmt: skip
+        evals.append((step, result.accuracy))
+        keeper.observe(step, result.accuracy, student.model, student.tokenizer)
+        if cfg.train.dip_warn_points is not None:
+            warn_if_dipped(step, result.accuracy, dict(evals).get(0), cfg.train.dip_warn_points,
+                           logger.path)  # fmt: skip
         return result.accuracy
 
     def checkpoint(step: int) -> None:
@@ -128,7 +139,7 @@ def train(cfg: RunConfig) -> RunResult:
     status.set_state("training")
     step_start = RngAtStep.take(sampler)
     try:
-        while step < cfg.train.steps and not stop.requested:
+        while step < cfg.train.steps and not stop.requested and not keeper.should_stop:
             step_start = RngAtStep.take(sampler)
             metrics = train_step(cfg, step, student, optimizer, data, sampler, teacher, drafts)
             step += 1
@@ -143,6 +154,9 @@ def train(cfg: RunConfig) -> RunResult:
             status.set_state("training")
         if not evaluated:  # stopped early by a signal
             accuracy = evaluate(step)
+        if keeper.should_stop:
+            log.info("stopped early at step %d: %d evals without a new best", step,
+                     keeper.since_best)  # fmt: skip
     except TeacherClientError as exc:
         # The failed step drew prompts and rollout samples; a checkpoint taken now must hold
         # the RNGs as they were before it, so that resuming replays that step exactly.
@@ -194,9 +208,11 @@ def train_step(
     else:
         prefixes = drafts.prefixes(step, cfg.train.steps, examples, prompts)
         draft_s = time.monotonic() - t0
+        # `rkl_topk` reads the student's own top-k at each token: the rollout records the ids.
+        own_topk = cfg.loss.student_topk if needs_student_topk(cfg.loss) else 0
         with student.precision.autocast():
             sequences = roll_out(student.model, prompts, prefixes, cfg.rollout, data.max_new_tokens,
-                                 data.codec.eos_ids, student.pad_id)  # fmt: skip
+                                 data.codec.eos_ids, student.pad_id, own_topk)  # fmt: skip
         rollout_s = time.monotonic() - t0 - draft_s
     # Verdicts (train-time accuracy only): the verifier sees the example, the response's text
     # and ids, and why it stopped.

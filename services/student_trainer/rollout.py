@@ -35,6 +35,7 @@ class Completion:
     ids: np.ndarray  # int64 [m], sampled tokens, ending with eos when one was emitted
     behavior_logprobs: np.ndarray  # float32 [m]
     finish_reason: str  # "eos" (ends with one of the eos ids) or "length" (hit the cap)
+    topk_ids: np.ndarray | None = None  # int64 [m, C]: the student's C likeliest ids per token
 
 
 class _SampledLogprobs:
@@ -47,12 +48,17 @@ class _SampledLogprobs:
     (`output_logits=True` stacks every step: rows x tokens x V floats).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, topk: int = 0) -> None:
         self.pending_B_V: torch.Tensor | None = None
         self.steps: list[torch.Tensor] = []  # float32 [rows] per generated token
+        self.topk = topk  # also keep the C likeliest ids per token (`rkl_topk`'s candidates)
+        self.topk_steps: list[torch.Tensor] = []  # int64 [rows, C] per generated token
 
     def logprobs_B_N(self, steps: int) -> torch.Tensor:
         return torch.stack(self.steps[:steps], dim=1)
+
+    def topk_ids_B_N_C(self, steps: int) -> torch.Tensor | None:
+        return torch.stack(self.topk_steps[:steps], dim=1) if self.topk else None
 
 
 class _KeepRawLogits(LogitsProcessor):
@@ -76,6 +82,9 @@ class _GatherSampled(StoppingCriteria):
             raise RuntimeError("generate called the stopping criteria before the logits processor")
         logprobs_B_V = torch.log_softmax(logits_B_V, dim=-1)
         self.record.steps.append(logprobs_B_V.gather(-1, input_ids[:, -1:])[:, 0])
+        if self.record.topk:  # raw logits: the untempered student's order
+            k = min(self.record.topk, logits_B_V.shape[-1])
+            self.record.topk_steps.append(logits_B_V.topk(k, dim=-1).indices)
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
@@ -100,6 +109,7 @@ def sample_completions(
     temperature: float = 1.0,
     greedy: bool = False,
     batch_size: int | None = None,
+    student_topk: int = 0,
 ) -> list[Completion]:
     """Sample `samples_per_context` completions for each context (prompt, maybe + guidance prefix).
 
@@ -114,6 +124,7 @@ def sample_completions(
         temperature: sampling temperature (> 0); ignored when greedy.
         greedy: argmax decoding (evaluation).
         batch_size: rows (context x sample) per `generate` call; None = all at once.
+        student_topk: also record the C likeliest ids of each step (0: none).
     Returns:
         len(contexts) * samples_per_context completions, truncated after the first eos.
     """
@@ -125,11 +136,12 @@ def sample_completions(
         completions: list[Completion] = []
         for lo in range(0, len(rows), size):
             batch = rows[lo : lo + size]
-            new_B_N, logprobs_B_N = _generate(
+            new_B_N, logprobs_B_N, topk_B_N_C = _generate(
                 model, [ctx for _, ctx in batch], max_new_tokens, eos_ids, pad_id,
-                None if greedy else temperature,
+                None if greedy else temperature, student_topk,
             )  # fmt: skip
-            completions += _truncate_at_eos(new_B_N, logprobs_B_N, [c for c, _ in batch], eos_ids)
+            completions += _truncate_at_eos(new_B_N, logprobs_B_N, [c for c, _ in batch], eos_ids,
+                                            topk_B_N_C)  # fmt: skip
     finally:
         model.train(was_training)
     return completions
@@ -142,8 +154,10 @@ def _generate(
     eos_ids: Sequence[int],
     pad_id: int,
     temperature: float | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One `generate` call (temperature None = greedy): new ids [B, N] and their log-probs."""
+    topk: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One `generate` call (temperature None = greedy): new ids [B, N], their log-probs, and the
+    top-`topk` ids of each step [B, N, C] (None when topk is 0)."""
     ids_B_L, mask_B_L = _left_pad(contexts, pad_id)
     # Never run past the model's position table (padded width counts).
     room = _max_positions(model) - ids_B_L.shape[1]
@@ -152,7 +166,7 @@ def _generate(
             f"contexts of {ids_B_L.shape[1]} tokens leave no room in the model's "
             f"{_max_positions(model)} positions"
         )
-    record = _SampledLogprobs()
+    record = _SampledLogprobs(topk)
     processors: list[LogitsProcessor] = [_KeepRawLogits(record)]
     if temperature is not None and temperature != 1.0:
         # Ours, after the recorder (generate would put its own before it); identical arithmetic.
@@ -170,7 +184,9 @@ def _generate(
         **_neutral_knobs(model, sampling=temperature is not None),
     )
     new_B_N = out[:, ids_B_L.shape[1] :]
-    return new_B_N.cpu(), record.logprobs_B_N(new_B_N.shape[1]).cpu()
+    topk_B_N_C = record.topk_ids_B_N_C(new_B_N.shape[1])
+    return (new_B_N.cpu(), record.logprobs_B_N(new_B_N.shape[1]).cpu(),
+            None if topk_B_N_C is None else topk_B_N_C.cpu())  # fmt: skip
 
 
 def roll_out(
@@ -181,6 +197,7 @@ def roll_out(
     max_new_tokens: int,
     eos_ids: Sequence[int],
     pad_id: int,
+    student_topk: int = 0,
 ) -> list[TrainSequence]:
     """The step's rollouts: `cfg.samples_per_prompt` responses per prompt, each opening with its
     prompt's guidance prefix (empty for unguided prompts) and continued by the student.
@@ -191,6 +208,8 @@ def roll_out(
             is never longer than an unguided one.
         eos_ids, pad_id: as in `sample_completions`; rows are generated `cfg.batch_size` at a
             time. Callers wrap the call in the student's autocast.
+        student_topk: record the student's C likeliest ids at each sampled token (the
+            `candidates` of `rkl_topk`; zeros on prefix tokens, which the student did not sample).
     Returns:
         len(prompts) * samples_per_prompt sequences, grouped by prompt.
     """
@@ -204,6 +223,7 @@ def roll_out(
         pad_id,
         temperature=cfg.temperature,
         batch_size=cfg.batch_size,
+        student_topk=student_topk,
     )
     sequences = []
     for c in completions:
@@ -211,6 +231,10 @@ def roll_out(
         response = np.concatenate([prefix, c.ids])[:max_new_tokens]
         behavior = np.concatenate([np.full(prefix.size, np.nan, np.float32), c.behavior_logprobs])
         cut = response.size < prefix.size + c.ids.size  # a long prefix left less room
+        topk_ids = None
+        if c.topk_ids is not None:
+            pad = np.zeros((prefix.size, c.topk_ids.shape[1]), np.int64)
+            topk_ids = np.concatenate([pad, c.topk_ids])[: response.size]
         sequences.append(
             TrainSequence(
                 prompt_index=c.context_index,
@@ -219,6 +243,7 @@ def roll_out(
                 prefix_len=int(prefix.size),
                 behavior_logprobs=behavior[: response.size],
                 finish_reason="length" if cut else c.finish_reason,
+                student_topk_ids=topk_ids,
             )
         )
     return sequences
@@ -251,6 +276,7 @@ def _truncate_at_eos(
     logprobs_B_N: torch.Tensor,
     context_index_B: Sequence[int],
     eos_ids: Sequence[int],
+    topk_B_N_C: torch.Tensor | None = None,
 ) -> list[Completion]:
     completions = []
     for row, context_index in enumerate(context_index_B):
@@ -263,6 +289,7 @@ def _truncate_at_eos(
                 ids=ids[:length].astype(np.int64),
                 behavior_logprobs=logprobs_B_N[row, :length].numpy().astype(np.float32),
                 finish_reason="eos" if eos_at.size else "length",
+                topk_ids=None if topk_B_N_C is None else topk_B_N_C[row, :length].numpy(),
             )
         )
     return completions

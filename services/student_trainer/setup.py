@@ -42,7 +42,7 @@ from tropd.teacher.fingerprint import fingerprint_of
 from tropd.trainer.config import OptimConfig, RunConfig, TaskConfig, TeacherConfig
 from tropd.trainer.errors import SetupError
 from tropd.trainer.guidance import DraftRequest, Drafts, load_drafts
-from tropd.trainer.losses import needs_topk, unmet_teacher_needs
+from tropd.trainer.losses import needs_student_topk, needs_topk, unmet_teacher_needs
 from tropd.trainer.precision import DTYPES, Precision
 from tropd.trainer.prompts import PromptCodec, prompt_format, round_trip_losses, stop_ids
 from tropd.trainer.replicas import check_replicas, probe_replica, replica_addresses
@@ -216,13 +216,19 @@ def check_teacher(
             f"the teacher's has {info.vocab_size}"
         )
     unmet = unmet_teacher_needs(
-        cfg.loss, has_topk=info.capabilities.top_k, has_entropy=info.capabilities.entropy
-    )
+        cfg.loss, has_topk=info.capabilities.top_k, has_entropy=info.capabilities.entropy,
+        has_candidates=info.capabilities.candidates,
+    )  # fmt: skip
     if unmet is not None:
         raise SetupError(f"the {info.backend!r} teacher backend cannot serve this run: {unmet}")
     if needs_topk(cfg.loss) and min(cfg.loss.topk, info.vocab_size) > info.limits.max_top_k:
         raise SetupError(
             f"loss.topk={cfg.loss.topk} is above the teacher's max top-k {info.limits.max_top_k}"
+        )
+    if needs_student_topk(cfg.loss) and cfg.loss.student_topk > info.limits.max_candidates:
+        raise SetupError(
+            f"loss.student_topk={cfg.loss.student_topk} is above the teacher's max candidates "
+            f"{info.limits.max_candidates}"
         )
     drafts_from_teacher = cfg.guidance.source == "teacher" and (
         cfg.guidance.fraction > 0 or cfg.loss.method == "sft"
@@ -335,6 +341,11 @@ def check_lengths(cfg: RunConfig, info: TeacherInfo, data: Data) -> None:
             f"a rollout can reach {longest} tokens, above the teacher's max_request_tokens "
             f"{limits.max_request_tokens}; raise it (`tropd-teacher serve --max-request-tokens "
             f"{longest}`) " + fix
+        )
+    if needs_student_topk(cfg.loss) and cfg.loss.student_topk > info.limits.max_candidates:
+        raise SetupError(
+            f"loss.student_topk={cfg.loss.student_topk} is above the teacher's max candidates "
+            f"{info.limits.max_candidates}"
         )
     drafts_from_teacher = cfg.guidance.source == "teacher" and (
         cfg.guidance.fraction > 0 or cfg.loss.method == "sft"

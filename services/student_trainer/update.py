@@ -72,13 +72,14 @@ def _student_side(reader: _Reader, mb: MicroBatch) -> dict[str, torch.Tensor]:
     positions_N, valid_B_T = flat_response_positions(
         mb.starts_B.to(device), mb.lengths_B.to(device), mb.response_ids_B_T.shape[1], width_L
     )
-    topk_B_T_K = mb.teacher_topk_ids_B_T_K
+    # Extra ids read in the same pass: the teacher's top-K, then the student's own top-C.
+    extra = [t for t in (mb.teacher_topk_ids_B_T_K, mb.student_topk_ids_B_T_C) if t is not None]
     stats = token_stats(
         reader.head,
         hidden_B_L_D.reshape(rows * width_L, dim),
         positions_N,
         mb.response_ids_B_T.to(device)[valid_B_T],
-        None if topk_B_T_K is None else topk_B_T_K.to(device)[valid_B_T],
+        torch.cat(extra, dim=-1).to(device)[valid_B_T] if extra else None,
         chunk=reader.chunk,
     )
     out = {
@@ -86,7 +87,11 @@ def _student_side(reader: _Reader, mb: MicroBatch) -> dict[str, torch.Tensor]:
         "student_entropy_B_T": _place(stats.entropy_N, valid_B_T),
     }
     if stats.topk_logprobs_N_K is not None:
-        out["student_topk_logprobs_B_T_K"] = _place(stats.topk_logprobs_N_K, valid_B_T)
+        k = 0 if mb.teacher_topk_ids_B_T_K is None else mb.teacher_topk_ids_B_T_K.shape[-1]
+        if k:
+            out["student_topk_logprobs_B_T_K"] = _place(stats.topk_logprobs_N_K[:, :k], valid_B_T)
+        if mb.student_topk_ids_B_T_C is not None:
+            out["student_cand_logprobs_B_T_C"] = _place(stats.topk_logprobs_N_K[:, k:], valid_B_T)
     return out
 
 
@@ -134,6 +139,8 @@ def _loss_inputs(
         teacher_topk_ids_B_T_K=dev(mb.teacher_topk_ids_B_T_K),
         teacher_topk_logprobs_B_T_K=dev(mb.teacher_topk_logprobs_B_T_K),
         student_topk_logprobs_B_T_K=student.get("student_topk_logprobs_B_T_K"),
+        student_cand_logprobs_B_T_C=student.get("student_cand_logprobs_B_T_C"),
+        teacher_cand_logprobs_B_T_C=dev(mb.teacher_cand_logprobs_B_T_C),
         teacher_entropy_B_T=dev(mb.teacher_entropy_B_T),
         student_entropy_B_T=student["student_entropy_B_T"],
         trust_uniform_B_T=uniform_B_T.to(device),

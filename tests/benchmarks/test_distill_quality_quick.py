@@ -35,12 +35,14 @@ def test_quick_writes_well_formed_results(tmp_path: Path) -> None:
             assert 0.0 <= cell["final"][0] <= 1.0 and 0.0 <= cell["best"][0] <= 1.0
             assert cell["best"][0] >= cell["final"][0]
             assert cell["collapsed"] in (0, 1) and cell["below_start"] in (0, 1)
+            assert cell["drawdown"][0] <= 0 and cell["recovered"] in (0, 1)  # issue 20's dip
+            assert 0.0 <= cell["auc"][0] <= 1.0
     assert summary["default"]["tropd"]["trust_fraction"] is not None
     assert summary["default"]["tropd_surprise"]["outlier_weight"] is not None
     assert summary["default"]["sft"]["trust_fraction"] is None
     assert all(r["status"] == "ok" for r in result["runs"])
     assert len(result["runs"]) == 8
-    assert {"outlier_mode", "weighting_rules", "lr_sweep"} <= set(result["cross_tables"])
+    assert {"outlier_mode", "weighting_rules", "lr_sweep", "dip"} <= set(result["cross_tables"])
 
     md = (out / "results.md").read_text()
     for setting in ("default", "matched"):

@@ -9,7 +9,7 @@ every method.
 """
 
 from .aggregate import count_nonfinite, grads_finite, loss_finite, merge_metrics, summarize_metrics
-from .config import LossConfig, Method, Outlier, OutlierWeighting
+from .config import LossConfig, Method, Outlier, OutlierWeighting, TrustSignal
 from .guidance import guidance_alpha, guidance_prefix_len
 from .inputs import LossInputError, LossInputs
 from .opd import entropy_top_threshold
@@ -19,6 +19,7 @@ from .registry import (
     LossFn,
     compute_loss,
     needs_student_entropy,
+    needs_student_topk,
     needs_teacher_entropy,
     needs_teacher_scores,
     needs_topk,
@@ -36,6 +37,7 @@ __all__ = [
     "Method",
     "Outlier",
     "OutlierWeighting",
+    "TrustSignal",
     "compute_loss",
     "count_nonfinite",
     "entropy_top_threshold",
@@ -45,6 +47,7 @@ __all__ = [
     "loss_finite",
     "merge_metrics",
     "needs_student_entropy",
+    "needs_student_topk",
     "needs_teacher_entropy",
     "needs_teacher_scores",
     "needs_topk",

@@ -13,8 +13,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Method = Literal["opd", "tropd", "clip", "mask", "fkl_topk", "jsd", "eopd", "entropy_top20", "sft"]
-Outlier = Literal["topk_fkl", "topk_fkl_reward", "mask", "clip"]
+Method = Literal[
+    "opd", "tropd", "clip", "mask", "fkl_topk", "jsd", "eopd", "entropy_top20", "sft", "rkl_topk"
+]
+Outlier = Literal["topk_fkl", "topk_fkl_reward", "mask", "clip", "rkl_topk"]
+TrustSignal = Literal["k1", "rkl_topk"]
 OutlierWeighting = Literal["none", "surprise", "support", "prefix_gate"]
 
 
@@ -46,6 +49,30 @@ class LossConfig(BaseModel):
     needs the teacher's top-k. Default `surprise`: in the quality benchmark (docs/results.md) it
     was never below OPD in any setting and had the best mean over settings, while plain TrOPD
     fell 26 points below OPD at lr 3e-5."""
+
+    trust_signal: TrustSignal = "k1"
+    """TrOPD only: the term on trusted tokens. `k1` is OPD's single-sample policy gradient
+    `-r_t * log pi_S(x_t)`; `rkl_topk` the exact reverse KL over the student's own top-k
+    (`student_topk`, with a tail bucket; `reverse_kl`), the teacher scoring those ids through
+    `candidates`."""
+
+    student_topk: int = Field(default=16, ge=1)
+    """`rkl_topk` (method, trust signal or outlier mode): how many of the student's own most
+    likely ids per position the teacher scores (its `candidates`); the rest is one tail bucket."""
+
+    rkl_floor: float | None = Field(default=None, lt=0.0)
+    """`rkl_topk`: floor in nats on each candidate's log-ratio `log pi_T(v) - log pi_S(v)` (and
+    the tail's), bounding what a token the teacher finds near-impossible can cost; None: exact."""
+
+    sequence_trust: bool = False
+    """TrOPD and `rkl_topk`: weight every term of a row by `exp(-E / sequence_trust_scale)`, `E`
+    the row's mean excess teacher surprise per response token `max(0, -lp_T(x_t) - surprise_c)`
+    (a constant): rollouts the teacher finds out of distribution move the student less."""
+
+    sequence_trust_scale: float = Field(default=1.0, gt=0.0)
+    """`sequence_trust`: nats of mean excess surprise per token that divide the row's weight by e.
+    Our choice: the habit student's rows at the start (a ~13-nat separator every ~10 tokens) get
+    ~0.3-0.5, rows in the teacher's format ~1."""
 
     surprise_c: float = Field(default=2.0, ge=0.0)
     """`surprise`: nats of teacher surprise per token that count as ordinary; only the excess

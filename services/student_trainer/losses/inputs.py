@@ -2,7 +2,8 @@
 
 Shapes: `B` rows (completions), `T` positions, right-padded; position t of a row holds a token of
 the response (or of a teacher-written guidance prefix, see `prefix_mask_B_T`), already aligned by
-the caller: every `*_B_T` tensor scores the same token x_t. `K` is the teacher's top-k width.
+the caller: every `*_B_T` tensor scores the same token x_t. `K` is the teacher's top-k width, `C`
+the student's own top-k width (the candidate ids the teacher scored for `rkl_topk`).
 Values at positions outside the masks are never read (they may hold garbage such as nan or -inf).
 Knows nothing about models, tokenizers or the teacher service: tensors in, checks out.
 """
@@ -45,6 +46,11 @@ class LossInputs:
     with zero teacher mass, which the losses skip."""
     student_topk_logprobs_B_T_K: Tensor | None = None
     """log pi_S(v) for the teacher's top-k ids v, from the student's full softmax, with grad."""
+    student_cand_logprobs_B_T_C: Tensor | None = None
+    """log pi_S(v) at the student's own top-C ids v at each position (the `candidates` the
+    teacher was asked to score; `rkl_topk`), from the student's full softmax, with grad."""
+    teacher_cand_logprobs_B_T_C: Tensor | None = None
+    """Teacher full-softmax log-probs at those same ids (constant, not renormalised)."""
     teacher_entropy_B_T: Tensor | None = None
     """Teacher entropy in nats at each position (constant)."""
     student_entropy_B_T: Tensor | None = None
@@ -71,7 +77,6 @@ class LossInputs:
         return self.prefix_mask_B_T
 
 
-
 def require(inputs: LossInputs, field: str, loss: str) -> Tensor:
     """The named optional tensor, or a `LossInputError` that names the field and the loss.
 
@@ -96,12 +101,15 @@ def _check_shapes(inputs: LossInputs) -> None:
         )
     shape_B_T = tuple(lp.shape)
     k_width: int | None = None
+    c_width: int | None = None  # the student's top-C: its own width, independent of K
     for field in dataclasses.fields(inputs):
         value = getattr(inputs, field.name)
         if not isinstance(value, Tensor):
             continue
         if field.name.endswith("_B_T_K"):
             k_width = _check_topk_field(field.name, value, shape_B_T, k_width)
+        elif field.name.endswith("_B_T_C"):
+            c_width = _check_topk_field(field.name, value, shape_B_T, c_width)
         elif tuple(value.shape) != shape_B_T:
             raise LossInputError(f"{field.name} has shape {tuple(value.shape)}, want {shape_B_T}")
         elif field.name.endswith("mask_B_T") and value.dtype != torch.bool:
@@ -111,6 +119,11 @@ def _check_shapes(inputs: LossInputs) -> None:
     if (inputs.teacher_topk_logprobs_B_T_K is None) != (inputs.student_topk_logprobs_B_T_K is None):
         raise LossInputError(
             "teacher_topk_logprobs_B_T_K and student_topk_logprobs_B_T_K must both be given or "
+            "both be None"
+        )
+    if (inputs.teacher_cand_logprobs_B_T_C is None) != (inputs.student_cand_logprobs_B_T_C is None):
+        raise LossInputError(
+            "teacher_cand_logprobs_B_T_C and student_cand_logprobs_B_T_C must both be given or "
             "both be None"
         )
     prefix = inputs.prefix_mask_B_T
@@ -126,7 +139,10 @@ def _check_topk_field(
     if value.dim() != 3 or tuple(value.shape[:2]) != shape_B_T or value.shape[2] < 1:
         raise LossInputError(f"{name} has shape {tuple(value.shape)}, want {shape_B_T} + (K>=1,)")
     if k_width is not None and value.shape[2] != k_width:
-        raise LossInputError(f"{name} has K={value.shape[2]}, other top-k fields have K={k_width}")
+        w = name[-1]  # K: the teacher's top-k fields, C: the student's own top-C fields
+        raise LossInputError(
+            f"{name} has {w}={value.shape[2]}, other _{w} fields have {w}={k_width}"
+        )
     is_ids = name.endswith("ids_B_T_K")
     if is_ids and (value.is_floating_point() or value.dtype == torch.bool):
         raise LossInputError(f"{name} must be an integer tensor, got {value.dtype}")

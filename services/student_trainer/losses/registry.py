@@ -16,6 +16,7 @@ from .config import LossConfig
 from .divergence import eopd_loss, fkl_topk_loss, jsd_loss
 from .inputs import LossInputs
 from .opd import clip_loss, entropy_top20_loss, mask_loss, opd_loss
+from .reverse_kl import rkl_topk_loss
 from .sft import sft_loss
 from .tropd import tropd_loss
 
@@ -32,6 +33,7 @@ LOSSES: Mapping[str, LossFn] = MappingProxyType(
         "eopd": eopd_loss,
         "entropy_top20": entropy_top20_loss,
         "sft": sft_loss,
+        "rkl_topk": rkl_topk_loss,
     }
 )
 
@@ -51,6 +53,14 @@ def needs_topk(cfg: LossConfig) -> bool:
     return cfg.method in ("fkl_topk", "jsd", "eopd")
 
 
+def needs_student_topk(cfg: LossConfig) -> bool:
+    """Whether the loss reads the teacher's log-probs at the student's own top-k ids
+    (`candidates`): the rollout records those ids, the teacher scores them."""
+    if cfg.method == "tropd":
+        return cfg.trust_signal == "rkl_topk" or cfg.outlier == "rkl_topk"
+    return cfg.method == "rkl_topk"
+
+
 def needs_teacher_entropy(cfg: LossConfig) -> bool:
     """Whether the loss reads `teacher_entropy_B_T` (TrOPD also logs it at outliers if given)."""
     return cfg.method == "eopd"
@@ -62,7 +72,8 @@ def needs_student_entropy(cfg: LossConfig) -> bool:
 
 
 def needs_teacher_scores(cfg: LossConfig) -> bool:
-    """Whether the loss reads teacher and behavior log-probs of the sampled tokens (all but sft)."""
+    """Whether the loss reads the teacher's grades (sampled-token log-probs and what `needs_*`
+    ask for; all but sft)."""
     return cfg.method != "sft"
 
 
@@ -71,13 +82,16 @@ def needs_trust_uniform(cfg: LossConfig) -> bool:
     return cfg.method == "tropd"
 
 
-def unmet_teacher_needs(cfg: LossConfig, *, has_topk: bool, has_entropy: bool) -> str | None:
+def unmet_teacher_needs(
+    cfg: LossConfig, *, has_topk: bool, has_entropy: bool, has_candidates: bool = True
+) -> str | None:
     """Why a teacher with these capabilities cannot serve this loss, or None if it can.
 
     Args:
         cfg: the loss config.
         has_topk: the teacher returns top-k ids and log-probs at scored positions.
         has_entropy: the teacher returns per-position entropy.
+        has_candidates: the teacher returns log-probs at caller-chosen ids (`candidates`).
     Returns:
         A message naming the loss and the missing capability, or None.
     """
@@ -86,6 +100,8 @@ def unmet_teacher_needs(cfg: LossConfig, *, has_topk: bool, has_entropy: bool) -
         missing.append(f"top-k log-probs (k={cfg.topk})")
     if needs_teacher_entropy(cfg) and not has_entropy:
         missing.append("per-position entropy")
+    if needs_student_topk(cfg) and not has_candidates:
+        missing.append(f"log-probs at given candidate ids (student_topk={cfg.student_topk})")
     if not missing:
         return None
     loss = cfg.method if cfg.method != "tropd" else f"tropd with outlier={cfg.outlier!r}"

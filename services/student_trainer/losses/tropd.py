@@ -19,6 +19,8 @@ from .config import LossConfig
 from .inputs import LossInputError, LossInputs, require
 from .outlier_weights import outlier_rule_weights
 from .reduce import finish
+from .reverse_kl import topk_reverse_kl
+from .sequence_trust import sequence_weights
 from .terms import (
     masked,
     mean_stat,
@@ -58,7 +60,10 @@ def tropd_loss(
       * `topk_fkl_reward`: the same FKL_t without gradient, as advantage `A_t = -FKL_t` in the
         surrogate: `w_t * FKL_t * log pi_S(x_t)`;
       * `mask`: 0;
-      * `clip`: `w_t * -max(r_t, tau) * log pi_S(x_t)`.
+      * `clip`: `w_t * -max(r_t, tau) * log pi_S(x_t)`;
+      * `rkl_topk`: `w_t * RKL_t`, the reverse KL over the student's own top-C (`reverse_kl`).
+    Trusted tokens get `-r_t * log pi_S(x_t)` (`trust_signal=k1`) or `RKL_t` (`rkl_topk`).
+    With `cfg.sequence_trust`, every term of row b is multiplied by its `sequence_weights` w_b.
 
     Args:
         inputs: teacher and behavior log-probs, `trust_uniform_B_T`; the top-k fields for the
@@ -67,8 +72,9 @@ def tropd_loss(
         cfg: supplies `outlier`, `outlier_weighting` and its constants, `tau`, `beta_guidance`.
         normalizer: trained tokens of the whole optimizer step.
     Returns:
-        `(loss, metrics)`; terms `pg` (trust region) and `outlier`; `outlier_weight_sum/_count`
-        (mean w_t over outlier tokens) whenever a rule is on or a weight is given.
+        `(loss, metrics)`; terms `pg` (or `rkl`: trust region) and `outlier`;
+        `outlier_weight_sum/_count` (mean w_t over outlier tokens) whenever a rule is on or a
+        weight is given; `sequence_weight` with `sequence_trust`.
     """
     response_B_T = inputs.response_mask_B_T
     reward_B_T = reward(inputs, response_B_T, "tropd")
@@ -79,14 +85,19 @@ def tropd_loss(
         fkl_B_T = topk_forward_kl(inputs, outlier_B_T, "tropd")
     outlier_loss_B_T = _outlier_token_loss(inputs, cfg, reward_B_T, outlier_B_T, fkl_B_T)
     weight_B_T = _outlier_weight(inputs, cfg, outlier_B_T)
-    terms = {
-        "pg": pg_token_loss(reward_B_T, inputs, trust_B_T),
-        "outlier": _weighted(weight_B_T, outlier_loss_B_T),
-    }
+    if cfg.trust_signal == "rkl_topk":  # the exact top-C reverse KL instead of the K1 sample
+        terms = {"rkl": topk_reverse_kl(inputs, trust_B_T, "tropd", cfg.rkl_floor)}
+    else:
+        terms = {"pg": pg_token_loss(reward_B_T, inputs, trust_B_T)}
+    terms["outlier"] = _weighted(weight_B_T, outlier_loss_B_T)
     stats = _tropd_stats(inputs, reward_B_T, trust_B_T, outlier_B_T, fkl_B_T)
     if cfg.outlier_weighting != "none" or inputs.outlier_weight_B_T is not None:
         # Near 0: the run has quietly become TrOPD with outlier=mask; near 1: plain TrOPD.
         stats |= mean_stat("outlier_weight", weight_B_T, outlier_B_T)
+    if cfg.sequence_trust:
+        row_B = sequence_weights(inputs, cfg)
+        terms = {name: term_B_T * row_B[:, None] for name, term_B_T in terms.items()}
+        stats |= mean_stat("sequence_weight", row_B[:, None].expand_as(reward_B_T), response_B_T)
     return finish(terms, stats, inputs, cfg, normalizer)
 
 
@@ -101,6 +112,8 @@ def _outlier_token_loss(
         return fkl_B_T
     if cfg.outlier == "topk_fkl_reward" and fkl_B_T is not None:
         return pg_token_loss(-fkl_B_T.detach(), inputs, outlier_B_T)
+    if cfg.outlier == "rkl_topk":
+        return topk_reverse_kl(inputs, outlier_B_T, "tropd", cfg.rkl_floor)
     if cfg.outlier == "clip":
         return pg_token_loss(reward_B_T.clamp(min=cfg.tau), inputs, outlier_B_T)
     return torch.zeros_like(reward_B_T)

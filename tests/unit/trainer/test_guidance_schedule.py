@@ -58,6 +58,8 @@ def _prefix_only(beta_nll: bool = True) -> tuple[LossInputs, torch.Tensor]:
         teacher_logprobs_B_T=teacher,  # r = 0 on the response token
         teacher_topk_logprobs_B_T_K=topk,
         student_topk_logprobs_B_T_K=topk.clone(),
+        student_cand_logprobs_B_T_C=topk.clone(),  # rkl_topk: the student's own top-C
+        teacher_cand_logprobs_B_T_C=topk.clone(),
         teacher_entropy_B_T=torch.zeros(1, 4),
         student_entropy_B_T=torch.zeros(1, 4),
         trust_uniform_B_T=torch.zeros(1, 4),

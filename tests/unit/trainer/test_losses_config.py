@@ -17,6 +17,7 @@ from tropd.trainer.losses import (
     Method,
     compute_loss,
     needs_student_entropy,
+    needs_student_topk,
     needs_teacher_entropy,
     needs_teacher_scores,
     needs_topk,
@@ -63,7 +64,8 @@ def test_config_is_frozen() -> None:
 def test_registry_covers_every_method() -> None:
     assert list(LOSSES) == list(typing.get_args(Method))
     assert set(LOSSES) == {
-        "opd", "tropd", "clip", "mask", "fkl_topk", "jsd", "eopd", "entropy_top20", "sft"
+        "opd", "tropd", "clip", "mask", "fkl_topk", "jsd", "eopd", "entropy_top20", "sft",
+        "rkl_topk",
     }  # fmt: skip
     with pytest.raises(TypeError):
         LOSSES["new"] = LOSSES["opd"]  # type: ignore[index]
@@ -105,6 +107,25 @@ def test_needs(
         topk or teacher_entropy
     )
     assert unmet_teacher_needs(cfg, has_topk=True, has_entropy=True) is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "wanted"),
+    [
+        ({"method": "rkl_topk"}, True),
+        ({"method": "tropd", "trust_signal": "rkl_topk"}, True),
+        ({"method": "tropd", "outlier": "rkl_topk"}, True),
+        ({"method": "tropd"}, False),
+        ({"method": "opd"}, False),
+    ],
+)
+def test_student_topk_needs_teacher_candidates(overrides: dict, wanted: bool) -> None:
+    cfg = LossConfig(**overrides)
+    assert needs_student_topk(cfg) is wanted
+    unmet = unmet_teacher_needs(cfg, has_topk=True, has_entropy=True, has_candidates=False)
+    assert (unmet is not None) is wanted
+    if wanted:
+        assert "candidate ids (student_topk=16)" in unmet
 
 
 def test_unmet_teacher_needs_names_the_loss() -> None:
