@@ -154,6 +154,20 @@ class RolloutConfig(_Frozen):
     batch_size: int = Field(
         256, ge=1, description="rows per generate call; bounds the KV cache (rows x tokens)"
     )
+    engine: Literal["generate", "paged"] = Field(
+        "generate",
+        description="how the student samples: generate (HF generate, batch_size rows per call, "
+        "each call waits for its longest row) or paged (transformers continuous batching with "
+        "paged attention: a finished row frees its slot for the next; batch_size rows at once)",
+    )
+    overlap: bool = Field(
+        True,
+        description="send rows to the teacher as the engine finishes them (overlap_chunk_rows "
+        "at a time, teacher.max_in_flight requests at once) instead of after the last one",
+    )
+    overlap_chunk_rows: int = Field(
+        32, ge=1, description="finished rows per Score request sent while the rollout runs"
+    )
 
 
 class GuidanceConfig(_Frozen):

@@ -1,16 +1,18 @@
-"""Student rollouts: sample with HF `generate` (KV cache) and record behaviour log-probs.
+"""Student rollouts: the `generate` engine (HF `generate`, KV cache) recording behaviour
+log-probs, and `roll_out`, which turns any engine's completions into the step's sequences.
 
 Token ids only; tokenisation and verification live in the loop and the task. The behaviour
 log-prob of a token is log π_S(x_t | c_t) under the *untempered* student at sampling time, the
-`lp_S_old` of the trust test. It is gathered from each step's raw float32 logits right after
-the token is sampled, so no [rows, tokens, V] tensor is ever kept; rows are generated
-`batch_size` at a time, which bounds the KV cache.
+`lp_S_old` of the trust test, whatever the engine (`rollout_engines.py`). Here it is gathered
+from each step's raw float32 logits right after the token is sampled, so no [rows, tokens, V]
+tensor is ever kept; rows are generated `batch_size` at a time, which bounds the KV cache.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,12 +28,16 @@ from transformers import (
 from tropd.trainer.batch import TrainSequence
 from tropd.trainer.config import RolloutConfig
 
+if TYPE_CHECKING:
+    from tropd.trainer.rollout_engines import RolloutEngine
+
 
 @dataclass(frozen=True)
 class Completion:
     """One sampled continuation of a context."""
 
     context_index: int  # which context (of the call's list) it continues
+    row: int  # context_index * samples_per_context + sample: the completion's place in order
     ids: np.ndarray  # int64 [m], sampled tokens, ending with eos when one was emitted
     behavior_logprobs: np.ndarray  # float32 [m]
     finish_reason: str  # "eos" (ends with one of the eos ids) or "length" (hit the cap)
@@ -117,22 +123,38 @@ def sample_completions(
     Returns:
         len(contexts) * samples_per_context completions, truncated after the first eos.
     """
+    return [c for chunk in generate_completions(model, contexts, samples_per_context,
+                                                max_new_tokens, eos_ids, pad_id, temperature,
+                                                greedy, batch_size) for c in chunk]  # fmt: skip
+
+
+@torch.no_grad()
+def generate_completions(
+    model: PreTrainedModel,
+    contexts: Sequence[Sequence[int]],
+    samples_per_context: int,
+    max_new_tokens: int,
+    eos_ids: Sequence[int],
+    pad_id: int,
+    temperature: float = 1.0,
+    greedy: bool = False,
+    batch_size: int | None = None,
+) -> Iterator[list[Completion]]:
+    """`sample_completions`, one `generate` call's completions at a time, as each call ends."""
     rows = [(c, ctx) for c, ctx in enumerate(contexts) for _ in range(samples_per_context)]
     size = batch_size or len(rows)
     was_training = model.training
     model.eval()
     try:
-        completions: list[Completion] = []
         for lo in range(0, len(rows), size):
             batch = rows[lo : lo + size]
             new_B_N, logprobs_B_N = _generate(
                 model, [ctx for _, ctx in batch], max_new_tokens, eos_ids, pad_id,
                 None if greedy else temperature,
             )  # fmt: skip
-            completions += _truncate_at_eos(new_B_N, logprobs_B_N, [c for c, _ in batch], eos_ids)
+            yield _truncate_at_eos(new_B_N, logprobs_B_N, [c for c, _ in batch], eos_ids, lo)
     finally:
         model.train(was_training)
-    return completions
 
 
 def _generate(
@@ -174,6 +196,7 @@ def _generate(
 
 
 def roll_out(
+    engine: RolloutEngine,
     model: PreTrainedModel,
     prompts: Sequence[Sequence[int]],
     prefixes: Sequence[np.ndarray],
@@ -181,21 +204,26 @@ def roll_out(
     max_new_tokens: int,
     eos_ids: Sequence[int],
     pad_id: int,
+    on_finished: Callable[[list[tuple[int, TrainSequence]]], None] | None = None,
 ) -> list[TrainSequence]:
     """The step's rollouts: `cfg.samples_per_prompt` responses per prompt, each opening with its
     prompt's guidance prefix (empty for unguided prompts) and continued by the student.
 
     Args:
+        engine: samples the student (`rollout_engines.make_engine(cfg)`).
         prompts, prefixes: token ids per prompt, aligned; a prefix holds no eos.
         max_new_tokens: the response budget; a prefix counts against it, so a guided response
             is never longer than an unguided one.
         eos_ids, pad_id: as in `sample_completions`; rows are generated `cfg.batch_size` at a
             time. Callers wrap the call in the student's autocast.
+        on_finished: called with each group of (row, sequence) as the engine finishes it, while
+            the rest is still sampling (the overlap with the teacher).
     Returns:
-        len(prompts) * samples_per_prompt sequences, grouped by prompt.
+        len(prompts) * samples_per_prompt sequences, grouped by prompt, whatever order the
+        engine finished them in.
     """
     contexts = [list(p) + prefix.tolist() for p, prefix in zip(prompts, prefixes, strict=True)]
-    completions = sample_completions(
+    chunks = engine.sample(
         model,
         contexts,
         cfg.samples_per_prompt,
@@ -205,23 +233,31 @@ def roll_out(
         temperature=cfg.temperature,
         batch_size=cfg.batch_size,
     )
-    sequences = []
-    for c in completions:
-        prompt, prefix = prompts[c.context_index], prefixes[c.context_index]
-        response = np.concatenate([prefix, c.ids])[:max_new_tokens]
-        behavior = np.concatenate([np.full(prefix.size, np.nan, np.float32), c.behavior_logprobs])
-        cut = response.size < prefix.size + c.ids.size  # a long prefix left less room
-        sequences.append(
-            TrainSequence(
-                prompt_index=c.context_index,
-                context_len=len(prompt),
-                ids=np.concatenate([np.asarray(prompt, np.int64), response]),
-                prefix_len=int(prefix.size),
-                behavior_logprobs=behavior[: response.size],
-                finish_reason="length" if cut else c.finish_reason,
-            )
-        )
-    return sequences
+    sequences: dict[int, TrainSequence] = {}
+    for chunk in chunks:
+        finished = [(c.row, _sequence(c, prompts, prefixes, max_new_tokens)) for c in chunk]
+        sequences.update(finished)
+        if on_finished is not None:
+            on_finished(finished)
+    return [sequences[row] for row in sorted(sequences)]
+
+
+def _sequence(
+    c: Completion, prompts: Sequence[Sequence[int]], prefixes: Sequence[np.ndarray],
+    max_new_tokens: int,
+) -> TrainSequence:  # fmt: skip
+    prompt, prefix = prompts[c.context_index], prefixes[c.context_index]
+    response = np.concatenate([prefix, c.ids])[:max_new_tokens]
+    behavior = np.concatenate([np.full(prefix.size, np.nan, np.float32), c.behavior_logprobs])
+    cut = response.size < prefix.size + c.ids.size  # a long prefix left less room
+    return TrainSequence(
+        prompt_index=c.context_index,
+        context_len=len(prompt),
+        ids=np.concatenate([np.asarray(prompt, np.int64), response]),
+        prefix_len=int(prefix.size),
+        behavior_logprobs=behavior[: response.size],
+        finish_reason="length" if cut else c.finish_reason,
+    )
 
 
 def _neutral_knobs(model: PreTrainedModel, sampling: bool) -> dict[str, object]:
@@ -251,6 +287,7 @@ def _truncate_at_eos(
     logprobs_B_N: torch.Tensor,
     context_index_B: Sequence[int],
     eos_ids: Sequence[int],
+    first_row: int = 0,
 ) -> list[Completion]:
     completions = []
     for row, context_index in enumerate(context_index_B):
@@ -260,6 +297,7 @@ def _truncate_at_eos(
         completions.append(
             Completion(
                 context_index=context_index,
+                row=first_row + row,
                 ids=ids[:length].astype(np.int64),
                 behavior_logprobs=logprobs_B_N[row, :length].numpy().astype(np.float32),
                 finish_reason="eos" if eos_at.size else "length",
