@@ -10,7 +10,9 @@ Training is unchanged by the overlap: scores are per sequence (float32 scores ag
 batchings to ~2e-6), and the newest group is held back until the next one arrives, so a rollout
 that finishes in one group (the `generate` engine with every row in one call, the demo) sends
 nothing early and `finish` makes exactly `grade_routed`'s requests. Chunks follow the engine's
-finish order, not timing, so a seeded run sends the same requests each time.
+finish order, not timing, so a seeded run sends the same requests each time. A rollout that
+fails half way leaves its requests in flight to end on their own (bounded by the client's
+deadline); the step fails anyway.
 """
 
 from __future__ import annotations
