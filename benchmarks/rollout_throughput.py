@@ -8,7 +8,7 @@ timeline (rollout, teacher wait, update) with and without overlap.
 
 * throughput: generated tokens per second of each engine (`rollout_engines.make_engine`, the
   trainer's own code path, behaviour log-probs included), engines alternating in one run, on a
-  tiny (~0.2M) and a ~10M-parameter random Llama. Near-uniform random weights (init 0.02) make
+  tiny (~0.35M) and a ~10M-parameter random Llama. Near-uniform random weights (init 0.02) make
   lengths controllable: "spread" stops at any of V/128 eos ids (geometric lengths, capped at
   the budget), "equal" has no reachable eos (every row runs the whole budget).
 * timeline: the demo recipe (configs/demo.yaml) for a few steps over a local teacher process,
