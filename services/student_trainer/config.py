@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tropd.errors import ConfigError
 from tropd.trainer.losses.config import LossConfig
+from tropd.trainer.losses.registry import needs_student_topk
 
 
 class _Frozen(BaseModel):
@@ -154,6 +155,20 @@ class RolloutConfig(_Frozen):
     batch_size: int = Field(
         256, ge=1, description="rows per generate call; bounds the KV cache (rows x tokens)"
     )
+    engine: Literal["generate", "paged"] = Field(
+        "generate",
+        description="how the student samples: generate (HF generate, batch_size rows per call, "
+        "each call waits for its longest row) or paged (transformers continuous batching with "
+        "paged attention: a finished row frees its slot for the next; batch_size rows at once)",
+    )
+    overlap: bool = Field(
+        True,
+        description="send rows to the teacher as the engine finishes them (overlap_chunk_rows "
+        "at a time, teacher.max_in_flight requests at once) instead of after the last one",
+    )
+    overlap_chunk_rows: int = Field(
+        32, ge=1, description="finished rows per Score request sent while the rollout runs"
+    )
 
 
 class GuidanceConfig(_Frozen):
@@ -259,6 +274,11 @@ class RunConfig(_Frozen):
                 )
         elif self.routing.field or self.routing.default:
             raise ValueError("routing needs teachers (a named map); one teacher needs none")
+        if self.rollout.engine == "paged" and needs_student_topk(self.loss):
+            raise ValueError(
+                f"loss {self.loss.method!r} reads the student's own top-k ids, which only "
+                "rollout.engine=generate records; use it, or another loss with paged"
+            )
         return self
 
 

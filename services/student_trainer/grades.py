@@ -10,7 +10,7 @@ batch-invariant), so the split changes timing, not training.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -57,6 +57,35 @@ def _candidates(q: TrainSequence) -> np.ndarray:
     return q.student_topk_ids.astype(np.int32)
 
 
+def scorer(
+    client: TeacherClient, info: TeacherInfo, loss: LossConfig
+) -> Callable[[Sequence[TrainSequence]], ScoreResults]:
+    """One Score request per call: teacher log-probs of every response token of the chunk,
+    plus top-k / entropy when the loss reads them (`needs_topk`, `needs_teacher_entropy`), and
+    the log-probs at the student's own top-C ids as candidates when it reads those."""
+    extras = ("entropy",) if needs_teacher_entropy(loss) else ()
+    # k may exceed a small vocabulary; the loss uses every column it gets.
+    top_k = min(loss.topk, info.vocab_size) if needs_topk(loss) else 0
+    own_topk = needs_student_topk(loss)
+
+    def score(chunk: Sequence[TrainSequence]) -> ScoreResults:
+        cands = [_candidates(q) for q in chunk] if own_topk else None
+        return client.score(
+            [q.ids for q in chunk], starts=[q.context_len for q in chunk], top_k=top_k,
+            candidates=cands, extras=extras,
+        )  # fmt: skip
+
+    return score
+
+
+def collect(results: Sequence[ScoreResults]) -> Grades:
+    """The rows of results in order, and their queue and compute time summed in that order."""
+    scores = [row for result in results for row in result]
+    queue_s = sum(r.timing.queue_seconds for r in results)
+    compute_s = sum(r.timing.compute_seconds for r in results)
+    return Grades(scores, queue_s, compute_s)
+
+
 def grade(
     client: TeacherClient,
     info: TeacherInfo,
@@ -79,28 +108,11 @@ def grade(
     Raises:
         TeacherClientError: the first failed request's error, once every request has ended.
     """
-    extras = ("entropy",) if needs_teacher_entropy(loss) else ()
-    # k may exceed a small vocabulary; the loss uses every column it gets.
-    top_k = min(loss.topk, info.vocab_size) if needs_topk(loss) else 0
+    score = scorer(client, info, loss)
     chunks = split(sequences, info.limits.max_request_tokens, in_flight)
-
-    own_topk = needs_student_topk(loss)  # the student's own top-C ids, scored as candidates
-
-    def score(chunk: Sequence[TrainSequence]) -> ScoreResults:
-        cands = [_candidates(q) for q in chunk] if own_topk else None
-        return client.score(
-            [q.ids for q in chunk], starts=[q.context_len for q in chunk], top_k=top_k,
-            candidates=cands, extras=extras,
-        )  # fmt: skip
-
     if in_flight <= 1 or len(chunks) == 1:
-        results = [score(chunk) for chunk in chunks]
-    else:
-        # Bounded: at most `in_flight` threads; map keeps the chunks' order and re-raises the
-        # first failure after the pool has waited for the rest (no request is left running).
-        with ThreadPoolExecutor(min(in_flight, len(chunks)), "teacher-score") as pool:
-            results = list(pool.map(score, chunks))
-    scores = [row for result in results for row in result]
-    queue_s = sum(r.timing.queue_seconds for r in results)
-    compute_s = sum(r.timing.compute_seconds for r in results)
-    return Grades(scores, queue_s, compute_s)
+        return collect([score(chunk) for chunk in chunks])
+    # Bounded: at most `in_flight` threads; map keeps the chunks' order and re-raises the
+    # first failure after the pool has waited for the rest (no request is left running).
+    with ThreadPoolExecutor(min(in_flight, len(chunks)), "teacher-score") as pool:
+        return collect(list(pool.map(score, chunks)))

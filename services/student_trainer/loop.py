@@ -37,9 +37,11 @@ from tropd.trainer.keep_best import BestKeeper
 from tropd.trainer.losses import needs_student_topk, needs_teacher_scores
 from tropd.trainer.plots import plot_run
 from tropd.trainer.rollout import roll_out
-from tropd.trainer.routing import connect_teachers, grade_routed
+from tropd.trainer.rollout_engines import make_engine
+from tropd.trainer.routing import connect_teachers
 from tropd.trainer.run_log import Progress, RunLogger, quiet_progress_bars, read_metrics
 from tropd.trainer.sampler import PromptSampler
+from tropd.trainer.score_stream import ScoreStream
 from tropd.trainer.setup import (
     Data,
     Student,
@@ -198,8 +200,13 @@ def train_step(
     prompts = data.codec.encode(examples)
 
     # 2. Rollouts. `sft` trains on the teacher's drafts as they are; every other method samples
-    # the student, the first `guidance.fraction` of the prompts continuing a teacher prefix.
+    # the student (`rollout.engine`), the first `guidance.fraction` of the prompts continuing a
+    # teacher prefix. With `rollout.overlap`, finished rows already go to the teacher meanwhile.
     t0 = time.monotonic()
+    overlap = cfg.rollout.overlap and needs_teacher_scores(cfg.loss)
+    stream = ScoreStream(teacher, examples, cfg.loss, cfg.routing.default,
+                         cfg.rollout.overlap_chunk_rows if overlap else None)  # fmt: skip
+    engine = make_engine(cfg.rollout)
     if cfg.loss.method == "sft":
         sequences = draft_sequences(prompts, drafts.for_step(step, examples, prompts),
                                     data.codec.eos_ids)  # fmt: skip
@@ -211,8 +218,9 @@ def train_step(
         # `rkl_topk` reads the student's own top-k at each token: the rollout records the ids.
         own_topk = cfg.loss.student_topk if needs_student_topk(cfg.loss) else 0
         with student.precision.autocast():
-            sequences = roll_out(student.model, prompts, prefixes, cfg.rollout, data.max_new_tokens,
-                                 data.codec.eos_ids, student.pad_id, own_topk)  # fmt: skip
+            sequences = roll_out(engine, student.model, prompts, prefixes, cfg.rollout,
+                                 data.max_new_tokens, data.codec.eos_ids, student.pad_id,
+                                 own_topk, on_finished=stream.add)  # fmt: skip
         rollout_s = time.monotonic() - t0 - draft_s
     # Verdicts (train-time accuracy only): the verifier sees the example, the response's text
     # and ids, and why it stopped.
@@ -222,21 +230,26 @@ def train_step(
         for q in sequences
     ]  # fmt: skip
 
-    # 3. The teacher grades every response token (the `sft` baseline reads no grades).
+    # 3. The teacher grades every response token (the `sft` baseline reads no grades); what
+    # was sent during the rollout may be done already: the wait is what the student sits idle.
     t1 = time.monotonic()
     grades, per_teacher = Grades([], 0.0, 0.0), dict[str, float]()
     scores: list[ScoredSequence | None] = [None] * len(sequences)
     if needs_teacher_scores(cfg.loss):
-        grades, per_teacher = grade_routed(teacher, examples, sequences, cfg.loss,
-                                           cfg.routing.default)  # fmt: skip
+        grades, per_teacher = stream.finish(sequences)
         scores = list(grades.scores)
-    teacher_s = draft_s + time.monotonic() - t1
+    teacher_wait_s = time.monotonic() - t1
+    teacher_s = draft_s + teacher_wait_s
 
     # 4. Micro-batched forward/backward, clip, AdamW (skipped when non-finite). The trust
-    # test's uniforms are seeded by step, so a resumed run draws the same ones.
+    # test's uniforms are seeded by step, so a resumed run draws the same ones. An engine with
+    # its own copy of the weights takes the new ones.
+    t2 = time.monotonic()
     trust_gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
     update = apply_update(student.model, optimizer, sequences, scores, cfg.loss, cfg.optim,
                           trust_gen, student.pad_id, student.precision)  # fmt: skip
+    engine.load_weights(student.model)
+    update_s = time.monotonic() - t2
 
     # 5. Metrics: loss-side names become run-log names (loss_pg -> loss/pg); the token counts
     # (train/response_tokens on-policy, train/prefix_tokens, train/trained_tokens) come from there.
@@ -250,6 +263,8 @@ def train_step(
         "perf/tokens_per_s": trained_tokens(sequences) / max(seconds, 1e-9),
         "perf/step_s": seconds,
         "perf/rollout_s": rollout_s,
+        "perf/teacher_wait_s": teacher_wait_s,
+        "perf/update_s": update_s,
         "perf/teacher_s": teacher_s,
         "perf/teacher_queue_s": grades.queue_seconds,
         "perf/teacher_compute_s": grades.compute_seconds,

@@ -1,16 +1,18 @@
-"""Student rollouts: sample with HF `generate` (KV cache) and record behaviour log-probs.
+"""Student rollouts: the `generate` engine (HF `generate`, KV cache) recording behaviour
+log-probs, and `roll_out`, which turns any engine's completions into the step's sequences.
 
 Token ids only; tokenisation and verification live in the loop and the task. The behaviour
 log-prob of a token is log π_S(x_t | c_t) under the *untempered* student at sampling time, the
-`lp_S_old` of the trust test. It is gathered from each step's raw float32 logits right after
-the token is sampled, so no [rows, tokens, V] tensor is ever kept; rows are generated
-`batch_size` at a time, which bounds the KV cache.
+`lp_S_old` of the trust test, whatever the engine (`rollout_engines.py`). Here it is gathered
+from each step's raw float32 logits right after the token is sampled, so no [rows, tokens, V]
+tensor is ever kept; rows are generated `batch_size` at a time, which bounds the KV cache.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,12 +28,16 @@ from transformers import (
 from tropd.trainer.batch import TrainSequence
 from tropd.trainer.config import RolloutConfig
 
+if TYPE_CHECKING:
+    from tropd.trainer.rollout_engines import RolloutEngine
+
 
 @dataclass(frozen=True)
 class Completion:
     """One sampled continuation of a context."""
 
     context_index: int  # which context (of the call's list) it continues
+    row: int  # context_index * samples_per_context + sample: the completion's place in order
     ids: np.ndarray  # int64 [m], sampled tokens, ending with eos when one was emitted
     behavior_logprobs: np.ndarray  # float32 [m]
     finish_reason: str  # "eos" (ends with one of the eos ids) or "length" (hit the cap)
@@ -128,23 +134,41 @@ def sample_completions(
     Returns:
         len(contexts) * samples_per_context completions, truncated after the first eos.
     """
+    return [c for chunk in generate_completions(model, contexts, samples_per_context,
+                                                max_new_tokens, eos_ids, pad_id, temperature,
+                                                greedy, batch_size, student_topk)
+            for c in chunk]  # fmt: skip
+
+
+@torch.no_grad()
+def generate_completions(
+    model: PreTrainedModel,
+    contexts: Sequence[Sequence[int]],
+    samples_per_context: int,
+    max_new_tokens: int,
+    eos_ids: Sequence[int],
+    pad_id: int,
+    temperature: float = 1.0,
+    greedy: bool = False,
+    batch_size: int | None = None,
+    student_topk: int = 0,
+) -> Iterator[list[Completion]]:
+    """`sample_completions`, one `generate` call's completions at a time, as each call ends."""
     rows = [(c, ctx) for c, ctx in enumerate(contexts) for _ in range(samples_per_context)]
     size = batch_size or len(rows)
     was_training = model.training
     model.eval()
     try:
-        completions: list[Completion] = []
         for lo in range(0, len(rows), size):
             batch = rows[lo : lo + size]
             new_B_N, logprobs_B_N, topk_B_N_C = _generate(
                 model, [ctx for _, ctx in batch], max_new_tokens, eos_ids, pad_id,
                 None if greedy else temperature, student_topk,
             )  # fmt: skip
-            completions += _truncate_at_eos(new_B_N, logprobs_B_N, [c for c, _ in batch], eos_ids,
-                                            topk_B_N_C)  # fmt: skip
+            yield _truncate_at_eos(new_B_N, logprobs_B_N, [c for c, _ in batch], eos_ids, lo,
+                                   topk_B_N_C)  # fmt: skip
     finally:
         model.train(was_training)
-    return completions
 
 
 def _generate(
@@ -190,6 +214,7 @@ def _generate(
 
 
 def roll_out(
+    engine: RolloutEngine,
     model: PreTrainedModel,
     prompts: Sequence[Sequence[int]],
     prefixes: Sequence[np.ndarray],
@@ -198,11 +223,13 @@ def roll_out(
     eos_ids: Sequence[int],
     pad_id: int,
     student_topk: int = 0,
+    on_finished: Callable[[list[tuple[int, TrainSequence]]], None] | None = None,
 ) -> list[TrainSequence]:
     """The step's rollouts: `cfg.samples_per_prompt` responses per prompt, each opening with its
     prompt's guidance prefix (empty for unguided prompts) and continued by the student.
 
     Args:
+        engine: samples the student (`rollout_engines.make_engine(cfg)`).
         prompts, prefixes: token ids per prompt, aligned; a prefix holds no eos.
         max_new_tokens: the response budget; a prefix counts against it, so a guided response
             is never longer than an unguided one.
@@ -210,11 +237,14 @@ def roll_out(
             time. Callers wrap the call in the student's autocast.
         student_topk: record the student's C likeliest ids at each sampled token (the
             `candidates` of `rkl_topk`; zeros on prefix tokens, which the student did not sample).
+        on_finished: called with each group of (row, sequence) as the engine finishes it, while
+            the rest is still sampling (the overlap with the teacher).
     Returns:
-        len(prompts) * samples_per_prompt sequences, grouped by prompt.
+        len(prompts) * samples_per_prompt sequences, grouped by prompt, whatever order the
+        engine finished them in.
     """
     contexts = [list(p) + prefix.tolist() for p, prefix in zip(prompts, prefixes, strict=True)]
-    completions = sample_completions(
+    chunks = engine.sample(
         model,
         contexts,
         cfg.samples_per_prompt,
@@ -225,28 +255,36 @@ def roll_out(
         batch_size=cfg.batch_size,
         student_topk=student_topk,
     )
-    sequences = []
-    for c in completions:
-        prompt, prefix = prompts[c.context_index], prefixes[c.context_index]
-        response = np.concatenate([prefix, c.ids])[:max_new_tokens]
-        behavior = np.concatenate([np.full(prefix.size, np.nan, np.float32), c.behavior_logprobs])
-        cut = response.size < prefix.size + c.ids.size  # a long prefix left less room
-        topk_ids = None
-        if c.topk_ids is not None:
-            pad = np.zeros((prefix.size, c.topk_ids.shape[1]), np.int64)
-            topk_ids = np.concatenate([pad, c.topk_ids])[: response.size]
-        sequences.append(
-            TrainSequence(
-                prompt_index=c.context_index,
-                context_len=len(prompt),
-                ids=np.concatenate([np.asarray(prompt, np.int64), response]),
-                prefix_len=int(prefix.size),
-                behavior_logprobs=behavior[: response.size],
-                finish_reason="length" if cut else c.finish_reason,
-                student_topk_ids=topk_ids,
-            )
-        )
-    return sequences
+    sequences: dict[int, TrainSequence] = {}
+    for chunk in chunks:
+        finished = [(c.row, _sequence(c, prompts, prefixes, max_new_tokens)) for c in chunk]
+        sequences.update(finished)
+        if on_finished is not None:
+            on_finished(finished)
+    return [sequences[row] for row in sorted(sequences)]
+
+
+def _sequence(
+    c: Completion, prompts: Sequence[Sequence[int]], prefixes: Sequence[np.ndarray],
+    max_new_tokens: int,
+) -> TrainSequence:  # fmt: skip
+    prompt, prefix = prompts[c.context_index], prefixes[c.context_index]
+    response = np.concatenate([prefix, c.ids])[:max_new_tokens]
+    behavior = np.concatenate([np.full(prefix.size, np.nan, np.float32), c.behavior_logprobs])
+    cut = response.size < prefix.size + c.ids.size  # a long prefix left less room
+    topk_ids = None
+    if c.topk_ids is not None:
+        pad = np.zeros((prefix.size, c.topk_ids.shape[1]), np.int64)
+        topk_ids = np.concatenate([pad, c.topk_ids])[: response.size]
+    return TrainSequence(
+        prompt_index=c.context_index,
+        context_len=len(prompt),
+        ids=np.concatenate([np.asarray(prompt, np.int64), response]),
+        prefix_len=int(prefix.size),
+        behavior_logprobs=behavior[: response.size],
+        finish_reason="length" if cut else c.finish_reason,
+        student_topk_ids=topk_ids,
+    )
 
 
 def _neutral_knobs(model: PreTrainedModel, sampling: bool) -> dict[str, object]:
@@ -276,6 +314,7 @@ def _truncate_at_eos(
     logprobs_B_N: torch.Tensor,
     context_index_B: Sequence[int],
     eos_ids: Sequence[int],
+    first_row: int = 0,
     topk_B_N_C: torch.Tensor | None = None,
 ) -> list[Completion]:
     completions = []
@@ -286,6 +325,7 @@ def _truncate_at_eos(
         completions.append(
             Completion(
                 context_index=context_index,
+                row=first_row + row,
                 ids=ids[:length].astype(np.int64),
                 behavior_logprobs=logprobs_B_N[row, :length].numpy().astype(np.float32),
                 finish_reason="eos" if eos_at.size else "length",

@@ -101,10 +101,15 @@ def grade_routed(
             scores[i] = row
         queue_s += graded.queue_seconds
         compute_s += graded.compute_seconds
-        metrics |= {
-            f"teacher/{name}/sequences": float(len(mine)),
-            f"teacher/{name}/scored_tokens": float(sum(sequences[i].response_len for i in mine)),
-            f"teacher/{name}/queue_s": graded.queue_seconds,
-            f"teacher/{name}/compute_s": graded.compute_seconds,
-        }
+        metrics |= teacher_metrics(name, [sequences[i] for i in mine], graded)
     return Grades([s for s in scores if s is not None], queue_s, compute_s), metrics
+
+
+def teacher_metrics(name: str, mine: Sequence[TrainSequence], graded: Grades) -> dict[str, float]:
+    """`teacher/<name>/...` of the sequences one teacher graded."""
+    return {
+        f"teacher/{name}/sequences": float(len(mine)),
+        f"teacher/{name}/scored_tokens": float(sum(q.response_len for q in mine)),
+        f"teacher/{name}/queue_s": graded.queue_seconds,
+        f"teacher/{name}/compute_s": graded.compute_seconds,
+    }
