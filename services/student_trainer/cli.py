@@ -6,6 +6,7 @@
     tropd-train eval --model runs/x/checkpoints/step-000100
     tropd-train build-world --out worlds/builtin
     tropd-train generate-drafts --out drafts.jsonl --teacher localhost:50051
+    torchrun --nproc-per-node 2 -m tropd.trainer.cli run --config C train.parallel=fsdp
 
 Exit codes: 0 done (or stopped cleanly by a signal, checkpoint written), 1 training aborted
 (teacher lost, checkpoint written), 2 bad input (config, paths, tokenizer or capability mismatch).
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict
 
@@ -37,9 +39,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from tropd.trainer.loop import train
 
     cfg = load_config(args.config, args.overrides)
-    print(dump_config(cfg), file=sys.stderr)
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone prints
+    if main_rank:
+        print(dump_config(cfg), file=sys.stderr)
     result = train(cfg)
-    print(json.dumps(asdict(result), default=str))
+    if main_rank:
+        print(json.dumps(asdict(result), default=str))
     return 0
 
 
@@ -163,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         args.world_args = rest
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    # Under torchrun only rank 0 speaks at INFO; the others warn (rank-prefixed by torchrun).
+    quiet = os.environ.get("RANK", "0") != "0"
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

@@ -205,6 +205,14 @@ class TrainConfig(_Frozen):
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's")
     progress: bool = Field(True, description="progress bars (ours and the libraries'); false: none")
     tensorboard: bool = True
+    parallel: Literal["none", "ddp", "fsdp"] = Field(
+        "none",
+        description="none: one process; ddp / fsdp (FSDP2): one process per device under "
+        "torchrun, each rolling out its share of the step's prompts (docs/architecture.md)",
+    )
+    collective_timeout_s: float = Field(
+        600.0, gt=0, description="ddp/fsdp: a collective waiting this long fails the job"
+    )
 
 
 class RunConfig(_Frozen):
@@ -245,6 +253,11 @@ class RunConfig(_Frozen):
                 )
         elif self.routing.field or self.routing.default:
             raise ValueError("routing needs teachers (a named map); one teacher needs none")
+        if self.train.parallel == "fsdp" and self.student.compute_dtype == "float16":
+            raise ValueError(
+                "train.parallel=fsdp with student.compute_dtype=float16: float16 loss scaling "
+                "is not wired for sharded gradients; use bfloat16"
+            )
         return self
 
 

@@ -25,10 +25,13 @@ from tropd.trainer.checkpoint import (
     TrainState,
     find_latest_checkpoint,
     load_checkpoint,
+    load_sharded_checkpoint,
     save_checkpoint,
+    save_sharded_checkpoint,
     step_dir_name,
 )
 from tropd.trainer.config import RunConfig, dump_config
+from tropd.trainer.distributed import join, prompt_seeds, row_seeds
 from tropd.trainer.evaluate import evaluate_student, report_start
 from tropd.trainer.grades import Grades
 from tropd.trainer.guidance import Drafts
@@ -36,7 +39,7 @@ from tropd.trainer.losses import needs_teacher_scores
 from tropd.trainer.plots import plot_run
 from tropd.trainer.rollout import roll_out
 from tropd.trainer.routing import connect_teachers, grade_routed
-from tropd.trainer.run_log import Progress, RunLogger, quiet_progress_bars
+from tropd.trainer.run_log import NoLog, Progress, RunLogger, quiet_progress_bars
 from tropd.trainer.sampler import PromptSampler
 from tropd.trainer.setup import (
     Data,
@@ -72,15 +75,17 @@ def train(cfg: RunConfig) -> RunResult:
         torch.set_num_threads(cfg.train.threads)
     if not cfg.train.progress:
         quiet_progress_bars()  # the libraries' own bars too (loading weights, data sets)
-    student = load_student(cfg)
+    ranks = join(cfg.train.parallel, cfg.student.device, cfg.train.collective_timeout_s)
+    student = load_student(cfg, ranks)  # wrapped in DDP / FSDP2 under train.parallel
     data = load_data(cfg, student.tokenizer, student.generation_eos)
     teacher = connect_teachers(cfg, student, data)  # refuses a teacher that does not fit
     drafts = drafts_source(cfg, teacher, data)
     optimizer = make_optimizer(student.model, cfg.optim)
     run_dir = Path(cfg.train.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
-    status, server = start_status(cfg, run_dir)
+    if ranks.is_main:  # rank 0 alone writes the run folder's logs and serves the status port
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
+    status, server = start_status(cfg, run_dir, serve=ranks.is_main)
     # From here on a teacher restart is waited out (logged, on /v1/status and /metrics).
     teacher.ride_outages(cfg.teacher.outage_s, OutageLog(status))
 
@@ -90,16 +95,21 @@ def train(cfg: RunConfig) -> RunResult:
     start_step = 0
     if latest is None:
         torch.manual_seed(cfg.train.seed)  # rollouts sample from the global torch RNG
+    elif ranks.distributed:
+        state = load_sharded_checkpoint(latest, ranks, optimizer)
+        sampler.restore(state.data_state)
+        start_step = state.step
     else:
         state = load_checkpoint(latest, student.model, optimizer)
         sampler.restore(state.data_state)
         start_step = state.step
         log.info("resumed from %s (step %d)", latest, start_step)
-    logger = RunLogger(run_dir, tensorboard=cfg.train.tensorboard, resume_step=start_step)
+    logger = (RunLogger(run_dir, tensorboard=cfg.train.tensorboard, resume_step=start_step)
+              if ranks.is_main else NoLog())  # fmt: skip
 
     def evaluate(step: int) -> float:
         status.set_state("evaluating")
-        with student.precision.autocast():
+        with student.precision.autocast(), ranks.full_weights():  # every rank evaluates all
             result = evaluate_student(student.model, data.codec, data.task, data.eval,
                                       data.max_new_tokens)  # fmt: skip
         logger.log(step, {"eval/accuracy": result.accuracy})
@@ -116,19 +126,26 @@ def train(cfg: RunConfig) -> RunResult:
             return  # resumed from this very step and trained no further
         status.set_state("checkpointing")
         state = TrainState(step, sampler.state())
-        save_checkpoint(run_dir, step, student.model, student.tokenizer, optimizer, state,
+        if ranks.distributed:  # every rank writes its shards; rank 0 the export and the rename
+            save_sharded_checkpoint(run_dir, step, ranks, student.model, student.tokenizer,
+                                    optimizer, state, cfg.model_dump(mode="json"),
+                                    keep_last=cfg.train.keep_last)  # fmt: skip
+        else:
+            save_checkpoint(run_dir, step, student.model, student.tokenizer, optimizer, state,
                         cfg.model_dump(mode="json"), keep_last=cfg.train.keep_last)  # fmt: skip
         status.mark_checkpoint(step)
 
     stop = StopFlag()
-    progress = Progress(cfg.name, cfg.train.steps, start_step, enabled=cfg.train.progress)
+    progress = Progress(cfg.name, cfg.train.steps, start_step,
+                        enabled=cfg.train.progress and ranks.is_main)  # fmt: skip
     accuracy_before = evaluate(0) if start_step == 0 else None
     accuracy = float("nan") if accuracy_before is None else accuracy_before
     step, evaluated = start_step, True
     status.set_state("training")
     step_start = RngAtStep.take(sampler)
     try:
-        while step < cfg.train.steps and not stop.requested:
+        # Ranks agree on stopping (each sees SIGTERM at its own moment) and so stop together.
+        while step < cfg.train.steps and not ranks.any(stop.requested):
             step_start = RngAtStep.take(sampler)
             metrics = train_step(cfg, step, student, optimizer, data, sampler, teacher, drafts)
             step += 1
@@ -147,7 +164,8 @@ def train(cfg: RunConfig) -> RunResult:
         # The failed step drew prompts and rollout samples; a checkpoint taken now must hold
         # the RNGs as they were before it, so that resuming replays that step exactly.
         step_start.restore(sampler)
-        checkpoint(step)
+        if not ranks.distributed:  # the other ranks are not here: torchrun stops them
+            checkpoint(step)
         status.set_state("failed", str(exc))
         raise teacher_failure(cfg, exc, step) from exc
     finally:
@@ -158,7 +176,11 @@ def train(cfg: RunConfig) -> RunResult:
         if server is not None:
             server.stop()
     checkpoint(step)
-    plots = plot_run(run_dir)
+    if step < cfg.train.steps:  # every rank says so: a torchrun log shows that all stopped
+        log.warning("rank %d of %d stopped by a signal at step %d (checkpoint written)",
+                    ranks.rank, ranks.world, step)  # fmt: skip
+    ranks.close()
+    plots = plot_run(run_dir) if ranks.is_main else []
     status.set_state("done" if step >= cfg.train.steps else "stopped")
     log.info("run %s: %d steps, accuracy %.3f, plots in %s", cfg.name, step, accuracy,
              run_dir / "plots")  # fmt: skip
@@ -180,7 +202,9 @@ def train_step(
     t_step = time.monotonic()
     # 1. Prompts from the seeded sampler (each once per epoch by default; a resumed run draws
     # the same ones), as ids: these exact ids go to the rollout and to the teacher.
-    examples = [data.train[i] for i in sampler.draw(cfg.rollout.prompts_per_step)]
+    # Across processes each rank takes its slice of the one seeded order.
+    share = student.ranks.share(cfg.rollout.prompts_per_step)
+    examples = [data.train[i] for i in sampler.draw(cfg.rollout.prompts_per_step)[share]]
     prompts = data.codec.encode(examples)
 
     # 2. Rollouts. `sft` trains on the teacher's drafts as they are; every other method samples
@@ -194,9 +218,12 @@ def train_step(
     else:
         prefixes = drafts.prefixes(step, cfg.train.steps, examples, prompts)
         draft_s = time.monotonic() - t0
-        with student.precision.autocast():
+        # Across processes each prompt samples from its own seed, so a prompt's rollouts are the
+        # same whichever rank draws it (one process: the global RNG, as always).
+        seeds = prompt_seeds(cfg.train.seed, step, share) if student.ranks.distributed else None
+        with student.precision.autocast(), student.ranks.full_weights():
             sequences = roll_out(student.model, prompts, prefixes, cfg.rollout, data.max_new_tokens,
-                                 data.codec.eos_ids, student.pad_id)  # fmt: skip
+                                 data.codec.eos_ids, student.pad_id, seeds)  # fmt: skip
         rollout_s = time.monotonic() - t0 - draft_s
     # Verdicts (train-time accuracy only): the verifier sees the example, the response's text
     # and ids, and why it stopped.
@@ -219,8 +246,11 @@ def train_step(
     # 4. Micro-batched forward/backward, clip, AdamW (skipped when non-finite). The trust
     # test's uniforms are seeded by step, so a resumed run draws the same ones.
     trust_gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
+    trust_seeds = (row_seeds(cfg.train.seed, step, share.start * cfg.rollout.samples_per_prompt,
+                             len(sequences)) if student.ranks.distributed else None)  # fmt: skip
     update = apply_update(student.model, optimizer, sequences, scores, cfg.loss, cfg.optim,
-                          trust_gen, student.pad_id, student.precision)  # fmt: skip
+                          trust_gen, student.pad_id, student.precision, student.ranks,
+                          trust_seeds)  # fmt: skip
 
     # 5. Metrics: loss-side names become run-log names (loss_pg -> loss/pg); the token counts
     # (train/response_tokens on-policy, train/prefix_tokens, train/trained_tokens) come from there.
@@ -229,9 +259,9 @@ def train_step(
         **{_metric_key(k): v for k, v in update.metrics.items()},
         "train/grad_norm": update.grad_norm,
         "train/skipped": 0.0 if update.applied else 1.0,
-        "train/accuracy": float(np.mean(correct)) if correct else 0.0,
-        "train/guidance_prefix_len": float(np.mean([p.size for p in prefixes])),
-        "perf/tokens_per_s": trained_tokens(sequences) / max(seconds, 1e-9),
+        "train/accuracy": student.ranks.mean(correct),  # over every rank's rollouts
+        "train/guidance_prefix_len": student.ranks.mean([p.size for p in prefixes]),
+        "perf/tokens_per_s": student.ranks.sum(trained_tokens(sequences)) / max(seconds, 1e-9),
         "perf/step_s": seconds,
         "perf/rollout_s": rollout_s,
         "perf/teacher_s": teacher_s,

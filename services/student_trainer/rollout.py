@@ -9,7 +9,8 @@ the token is sampled, so no [rows, tokens, V] tensor is ever kept; rows are gene
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,6 +101,7 @@ def sample_completions(
     temperature: float = 1.0,
     greedy: bool = False,
     batch_size: int | None = None,
+    context_seeds: Sequence[int] | None = None,
 ) -> list[Completion]:
     """Sample `samples_per_context` completions for each context (prompt, maybe + guidance prefix).
 
@@ -114,6 +116,9 @@ def sample_completions(
         temperature: sampling temperature (> 0); ignored when greedy.
         greedy: argmax decoding (evaluation).
         batch_size: rows (context x sample) per `generate` call; None = all at once.
+        context_seeds: per context, a seed for its samples (each `generate` call then holds
+            one context's rows), so a context's completions do not depend on its neighbours
+            (across processes); None: the global torch RNG, rows of several contexts per call.
     Returns:
         len(contexts) * samples_per_context completions, truncated after the first eos.
     """
@@ -123,16 +128,40 @@ def sample_completions(
     model.eval()
     try:
         completions: list[Completion] = []
-        for lo in range(0, len(rows), size):
-            batch = rows[lo : lo + size]
-            new_B_N, logprobs_B_N = _generate(
-                model, [ctx for _, ctx in batch], max_new_tokens, eos_ids, pad_id,
-                None if greedy else temperature,
-            )  # fmt: skip
+        for lo, hi, seed in _chunks(len(rows), size, samples_per_context, context_seeds):
+            batch = rows[lo:hi]
+            with _seeded(model, seed):
+                new_B_N, logprobs_B_N = _generate(
+                    model, [ctx for _, ctx in batch], max_new_tokens, eos_ids, pad_id,
+                    None if greedy else temperature,
+                )  # fmt: skip
             completions += _truncate_at_eos(new_B_N, logprobs_B_N, [c for c, _ in batch], eos_ids)
     finally:
         model.train(was_training)
     return completions
+
+
+def _chunks(
+    rows: int, size: int, per_context: int, seeds: Sequence[int] | None
+) -> list[tuple[int, int, int | None]]:
+    """(first row, end row, seed) of each `generate` call: `size` rows at a time, or with seeds
+    `size` rows of one context at a time, each chunk seeded from its context's seed."""
+    if seeds is None:
+        return [(lo, min(lo + size, rows), None) for lo in range(0, rows, size)]
+    return [(c * per_context + lo, c * per_context + min(lo + size, per_context), seed + lo)
+            for c, seed in enumerate(seeds) for lo in range(0, per_context, size)]  # fmt: skip
+
+
+@contextlib.contextmanager
+def _seeded(model: PreTrainedModel, seed: int | None) -> Iterator[None]:
+    """Sample from `seed` (global RNG state put back afterwards), or as is when None."""
+    if seed is None:
+        yield
+        return
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed % (1 << 63))
+        yield
 
 
 def _generate(
@@ -181,6 +210,7 @@ def roll_out(
     max_new_tokens: int,
     eos_ids: Sequence[int],
     pad_id: int,
+    prompt_seeds: Sequence[int] | None = None,
 ) -> list[TrainSequence]:
     """The step's rollouts: `cfg.samples_per_prompt` responses per prompt, each opening with its
     prompt's guidance prefix (empty for unguided prompts) and continued by the student.
@@ -191,6 +221,7 @@ def roll_out(
             is never longer than an unguided one.
         eos_ids, pad_id: as in `sample_completions`; rows are generated `cfg.batch_size` at a
             time. Callers wrap the call in the student's autocast.
+        prompt_seeds: per prompt, its sampling seed (`sample_completions`' context_seeds).
     Returns:
         len(prompts) * samples_per_prompt sequences, grouped by prompt.
     """
@@ -204,6 +235,7 @@ def roll_out(
         pad_id,
         temperature=cfg.temperature,
         batch_size=cfg.batch_size,
+        context_seeds=prompt_seeds,
     )
     sequences = []
     for c in completions:
