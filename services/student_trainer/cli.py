@@ -38,7 +38,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from tropd.trainer.loop import train
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)  # a bad config fails before any launch
+    if args.nproc > 1 and "RANK" not in os.environ:
+        _relaunch_under_torchrun(args)
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone prints
     if main_rank:
         print(dump_config(cfg), file=sys.stderr)
@@ -46,6 +48,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if main_rank:
         print(json.dumps(asdict(result), default=str))
     return 0
+
+
+def _relaunch_under_torchrun(args: argparse.Namespace) -> None:
+    """Replace this process by torchrun running the same command in `--nproc` processes on this
+    machine (compose's STUDENT_NPROC); torchrun becomes the process that gets SIGTERM."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={args.nproc}", "-m", "tropd.trainer.cli",
+               *(["-v"] if args.verbose else []), "run",
+               *(["--config", args.config] if args.config else []), *args.overrides]  # fmt: skip
+    log.info("relaunching under torchrun: %s", " ".join(command))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, command)
 
 
 def _cmd_print_config(args: argparse.Namespace) -> int:
@@ -127,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=keys, formatter_class=raw,
     )  # fmt: skip
     _add_config_args(p)
+    p.add_argument(
+        "--nproc", type=int, default=1, metavar="N",
+        help="N > 1: run as N processes on this machine under torchrun --standalone (needs "
+        "train.parallel=ddp or fsdp); several machines: launch torchrun yourself",
+    )  # fmt: skip
     p.set_defaults(fn=_cmd_run)
 
     p = sub.add_parser(

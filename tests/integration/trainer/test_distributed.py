@@ -78,10 +78,14 @@ def student(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _torchrun(nproc: int, parallel: str, run_dir: Path, teacher: ServerHandle, student: Path,
-              *extra: str) -> subprocess.Popen:  # fmt: skip
+              *extra: str, via_cli: bool = False) -> subprocess.Popen:  # fmt: skip
+    """torchrun's own command line, or (via_cli) `tropd-train run --nproc N`, which replaces
+    itself by the same torchrun."""
+    launch = ["--nproc", str(nproc)] if via_cli else []
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc-per-node={nproc}", "-m", "tropd.trainer.cli", "run",
+        sys.executable, "-m", *(["tropd.trainer.cli"] if via_cli else [
+            "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m",
+            "tropd.trainer.cli"]), "run", *launch,
         "--config", "configs/demo.yaml", *SMALL, f"teacher.target={teacher.target}",
         f"student.path={student}", f"train.parallel={parallel}", f"train.run_dir={run_dir}",
         *extra,
@@ -158,7 +162,9 @@ def test_resume_across_ranks_equals_a_straight_run(
 def test_sigterm_to_the_launcher_checkpoints_every_rank(
     teacher: ServerHandle, student: Path, tmp_path: Path
 ) -> None:
-    proc = _torchrun(2, "fsdp", tmp_path, teacher, student, "train.steps=200")
+    """Launched as `tropd-train run --nproc 2` (compose's STUDENT_NPROC), which execs torchrun:
+    the signal goes to torchrun, which passes it to both ranks."""
+    proc = _torchrun(2, "fsdp", tmp_path, teacher, student, "train.steps=200", via_cli=True)
     deadline = time.monotonic() + 180
     metrics = tmp_path / "metrics.jsonl"
     while not (metrics.exists() and '"loss/total"' in metrics.read_text()):
