@@ -457,7 +457,7 @@ def save_sharded_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     ranks.barrier()
-    wrapped = ranks.module
+    wrapped = ranks.wrapper
     model_sd, optim_sd = get_state_dict(wrapped, optimizer)
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "dcp"))
     full = get_model_state_dict(
@@ -507,11 +507,9 @@ def load_sharded_checkpoint(
             "--nproc-per-node / --nnodes and train.parallel), or start from its HF export with "
             f"a new train.run_dir and student.path={path}"
         )
-    model_sd, optim_sd = get_state_dict(ranks.module, optimizer)
-    state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(path / "dcp"))
-    set_state_dict(ranks.module, optimizer, model_state_dict=state["model"],
-                   optim_state_dict=state["optim"])  # fmt: skip
+    model_sd, optim_sd = get_state_dict(ranks.wrapper, optimizer)
+    dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path / "dcp"))  # in place
+    set_state_dict(ranks.wrapper, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
     _restore_rng(
         torch.load(path / f"rng-rank{ranks.rank}.pt", map_location="cpu", weights_only=True), {}
     )

@@ -70,6 +70,13 @@ class Ranks:
     def distributed(self) -> bool:
         return self.parallel != "none"
 
+    @property
+    def wrapper(self) -> nn.Module:
+        """The wrapped student (`wrap` must have run)."""
+        if self.module is None:
+            raise RuntimeError("Ranks.wrap(model) has not run")
+        return self.module
+
     def share(self, n: int) -> slice:
         """This rank's contiguous slice of a step's `n` prompts (the sampler's order)."""
         if n % self.world:
