@@ -134,7 +134,7 @@ class Ranks:
             # so ranks may run different numbers of forwards between backwards.
             ids = [device.index] if device.type == "cuda" else None
             self.module = nn.parallel.DistributedDataParallel(
-                hidden, device_ids=ids, broadcast_buffers=False
+                hidden, device_ids=ids, forward_sync_buffers=False
             )
             return
         from torch.distributed.fsdp import fully_shard
