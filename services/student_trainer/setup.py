@@ -188,6 +188,7 @@ def load_student(cfg: RunConfig, ranks: Ranks | None = None) -> Student:
     except ValueError as exc:
         raise SetupError(f"student at {path}: {exc}") from exc
     ranks = ranks or Ranks.single()
+    ranks.share(cfg.rollout.prompts_per_step)  # refuses an uneven split before anything runs
     ranks.wrap(model)
     precision = Precision.of(cfg.student.compute_dtype, cfg.student.device)
     return Student(model, tokenizer, precision, ranks)
