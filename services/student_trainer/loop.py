@@ -132,7 +132,7 @@ def train(cfg: RunConfig) -> RunResult:
                                     keep_last=cfg.train.keep_last)  # fmt: skip
         else:
             save_checkpoint(run_dir, step, student.model, student.tokenizer, optimizer, state,
-                        cfg.model_dump(mode="json"), keep_last=cfg.train.keep_last)  # fmt: skip
+                            cfg.model_dump(mode="json"), keep_last=cfg.train.keep_last)  # fmt: skip
         status.mark_checkpoint(step)
 
     stop = StopFlag()
