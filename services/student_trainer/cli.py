@@ -7,6 +7,7 @@
     tropd-train export-best --run-dir runs/x --out student-best   # with train.keep_best: true
     tropd-train build-world --out worlds/builtin
     tropd-train generate-drafts --out drafts.jsonl --teacher localhost:50051
+    torchrun --nproc-per-node 2 -m tropd.trainer.cli run --config C train.parallel=fsdp
 
 Exit codes: 0 done (or stopped cleanly by a signal, checkpoint written), 1 training aborted
 (teacher lost, checkpoint written), 2 bad input (config, paths, tokenizer or capability mismatch).
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict
 
@@ -37,11 +39,29 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from tropd.trainer.loop import train
 
-    cfg = load_config(args.config, args.overrides)
-    print(dump_config(cfg), file=sys.stderr)
+    cfg = load_config(args.config, args.overrides)  # a bad config fails before any launch
+    if args.nproc > 1 and "RANK" not in os.environ:
+        _relaunch_under_torchrun(args)
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone prints
+    if main_rank:
+        print(dump_config(cfg), file=sys.stderr)
     result = train(cfg)
-    print(json.dumps(asdict(result), default=str))
+    if main_rank:
+        print(json.dumps(asdict(result), default=str))
     return 0
+
+
+def _relaunch_under_torchrun(args: argparse.Namespace) -> None:
+    """Replace this process by torchrun running the same command in `--nproc` processes on this
+    machine (compose's STUDENT_NPROC); torchrun becomes the process that gets SIGTERM."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={args.nproc}", "-m", "tropd.trainer.cli",
+               *(["-v"] if args.verbose else []), "run",
+               *(["--config", args.config] if args.config else []), *args.overrides]  # fmt: skip
+    log.info("relaunching under torchrun: %s", " ".join(command))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, command)
 
 
 def _cmd_print_config(args: argparse.Namespace) -> int:
@@ -135,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=keys, formatter_class=raw,
     )  # fmt: skip
     _add_config_args(p)
+    p.add_argument(
+        "--nproc", type=int, default=1, metavar="N",
+        help="N > 1: run as N processes on this machine under torchrun --standalone (needs "
+        "train.parallel=ddp or fsdp); several machines: launch torchrun yourself",
+    )  # fmt: skip
     p.set_defaults(fn=_cmd_run)
 
     p = sub.add_parser(
@@ -183,8 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         args.world_args = rest
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    # Under torchrun only rank 0 speaks at INFO; the others warn (rank-prefixed by torchrun).
+    quiet = os.environ.get("RANK", "0") != "0"
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

@@ -234,6 +234,14 @@ class TrainConfig(_Frozen):
         description="warn when eval accuracy falls this many points below the start, naming the "
         "training metrics that moved most; null: never",
     )
+    parallel: Literal["none", "ddp", "fsdp"] = Field(
+        "none",
+        description="none: one process; ddp / fsdp (FSDP2): one process per device under "
+        "torchrun, each rolling out its share of the step's prompts (docs/architecture.md)",
+    )
+    collective_timeout_s: float = Field(
+        600.0, gt=0, description="ddp/fsdp: a collective waiting this long fails the job"
+    )
 
 
 class RunConfig(_Frozen):
@@ -278,6 +286,17 @@ class RunConfig(_Frozen):
             raise ValueError(
                 f"loss {self.loss.method!r} reads the student's own top-k ids, which only "
                 "rollout.engine=generate records; use it, or another loss with paged"
+            )
+        if self.rollout.engine == "paged" and self.train.parallel != "none":
+            raise ValueError(
+                f"train.parallel={self.train.parallel} seeds each prompt's samples on its own "
+                "(so ranks roll out what one process would), which only rollout.engine=generate "
+                "does; use it"
+            )
+        if self.train.parallel == "fsdp" and self.student.compute_dtype == "float16":
+            raise ValueError(
+                "train.parallel=fsdp with student.compute_dtype=float16: float16 loss scaling "
+                "is not wired for sharded gradients; use bfloat16"
             )
         return self
 

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,15 +83,29 @@ class BestKeeper:
             self.since_best += 1
         return False
 
-    def observe(self, step: int, accuracy: float, model: Any, tokenizer: Any) -> bool:
+    def observe(
+        self,
+        step: int,
+        accuracy: float,
+        model: Any,
+        tokenizer: Any,
+        weights: Callable[[], dict[str, Any]] | None = None,
+        save: bool = True,
+    ) -> bool:
         """Record the eval of `step`; save the student if it is the best so far (when keeping).
+
+        Across processes every rank calls this with the same eval (so early stopping agrees):
+        `weights` gathers the full weights (a collective, called on every rank for a new best),
+        and only the rank with `save` writes them.
 
         Returns:
             Whether it is a new best.
         """
         new_best = self._count(step, accuracy)
         if new_best and self.keep:
-            save_best(self.run_dir, step, accuracy, model, tokenizer)
+            state_dict = weights() if weights is not None else None
+            if save:
+                save_best(self.run_dir, step, accuracy, model, tokenizer, state_dict)
         return new_best
 
     @property
@@ -100,8 +114,16 @@ class BestKeeper:
         return self.early_stop_evals is not None and self.since_best >= self.early_stop_evals
 
 
-def save_best(run_dir: Path, step: int, accuracy: float, model: Any, tokenizer: Any) -> Path:
-    """Write the student to `run_dir/best/` atomically (temp folder, then renames)."""
+def save_best(
+    run_dir: Path,
+    step: int,
+    accuracy: float,
+    model: Any,
+    tokenizer: Any,
+    state_dict: dict[str, Any] | None = None,
+) -> Path:
+    """Write the student (or `state_dict` under its class) to `run_dir/best/` atomically
+    (temp folder, then renames)."""
     final = run_dir / BEST_DIR
     tmp = run_dir / f".tmp-{BEST_DIR}-{os.getpid()}"
     old = run_dir / f".old-{BEST_DIR}-{os.getpid()}"
@@ -109,7 +131,7 @@ def save_best(run_dir: Path, step: int, accuracy: float, model: Any, tokenizer: 
         shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         (tmp / RECORD).write_text(json.dumps({"step": step, "accuracy": accuracy}))
         if final.exists():

@@ -25,11 +25,14 @@ from tropd.trainer.checkpoint import (
     TrainState,
     find_latest_checkpoint,
     load_checkpoint,
+    load_sharded_checkpoint,
     save_checkpoint,
+    save_sharded_checkpoint,
     step_dir_name,
 )
 from tropd.trainer.config import RunConfig, dump_config
 from tropd.trainer.dip import warn_if_dipped
+from tropd.trainer.distributed import join, prompt_seeds, row_seeds
 from tropd.trainer.evaluate import evaluate_student, report_start
 from tropd.trainer.grades import Grades
 from tropd.trainer.guidance import Drafts
@@ -39,7 +42,7 @@ from tropd.trainer.plots import plot_run
 from tropd.trainer.rollout import roll_out
 from tropd.trainer.rollout_engines import make_engine
 from tropd.trainer.routing import connect_teachers
-from tropd.trainer.run_log import Progress, RunLogger, quiet_progress_bars, read_metrics
+from tropd.trainer.run_log import NoLog, Progress, RunLogger, quiet_progress_bars, read_metrics
 from tropd.trainer.sampler import PromptSampler
 from tropd.trainer.score_stream import ScoreStream
 from tropd.trainer.setup import (
@@ -76,15 +79,17 @@ def train(cfg: RunConfig) -> RunResult:
         torch.set_num_threads(cfg.train.threads)
     if not cfg.train.progress:
         quiet_progress_bars()  # the libraries' own bars too (loading weights, data sets)
-    student = load_student(cfg)
+    ranks = join(cfg.train.parallel, cfg.student.device, cfg.train.collective_timeout_s)
+    student = load_student(cfg, ranks)  # wrapped in DDP / FSDP2 under train.parallel
     data = load_data(cfg, student.tokenizer, student.generation_eos)
     teacher = connect_teachers(cfg, student, data)  # refuses a teacher that does not fit
     drafts = drafts_source(cfg, teacher, data)
     optimizer = make_optimizer(student.model, cfg.optim)
     run_dir = Path(cfg.train.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
-    status, server = start_status(cfg, run_dir)
+    if ranks.is_main:  # rank 0 alone writes the run folder's logs and serves the status port
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
+    status, server = start_status(cfg, run_dir, serve=ranks.is_main)
     # From here on a teacher restart is waited out (logged, on /v1/status and /metrics).
     teacher.ride_outages(cfg.teacher.outage_s, OutageLog(status))
 
@@ -94,20 +99,27 @@ def train(cfg: RunConfig) -> RunResult:
     start_step = 0
     if latest is None:
         torch.manual_seed(cfg.train.seed)  # rollouts sample from the global torch RNG
+    elif ranks.distributed:
+        state = load_sharded_checkpoint(latest, ranks, optimizer)
+        sampler.restore(state.data_state)
+        start_step = state.step
     else:
         state = load_checkpoint(latest, student.model, optimizer)
         sampler.restore(state.data_state)
         start_step = state.step
         log.info("resumed from %s (step %d)", latest, start_step)
-    logger = RunLogger(run_dir, tensorboard=cfg.train.tensorboard, resume_step=start_step)
+    logger = (RunLogger(run_dir, tensorboard=cfg.train.tensorboard, resume_step=start_step)
+              if ranks.is_main else NoLog())  # fmt: skip
     # The safety net (keep_best, early stopping) and the dip warning read the evals so far.
-    evals = [(r["step"], r["eval/accuracy"]) for r in read_metrics(logger.path)
-             if r.get("eval/accuracy") is not None]  # fmt: skip
+    # (Across processes rank 0's log holds them; another rank may see none: `ranks.any` below.)
+    metrics_file = run_dir / "metrics.jsonl"
+    evals = [(r["step"], r["eval/accuracy"]) for r in read_metrics(metrics_file)
+             if r.get("eval/accuracy") is not None] if metrics_file.exists() else []  # fmt: skip
     keeper = BestKeeper(run_dir, cfg.train.keep_best, cfg.train.early_stop_evals, evals)
 
     def evaluate(step: int) -> float:
         status.set_state("evaluating")
-        with student.precision.autocast():
+        with student.precision.autocast(), ranks.full_weights():  # every rank evaluates all
             result = evaluate_student(student.model, data.codec, data.task, data.eval,
                                       data.max_new_tokens)  # fmt: skip
         logger.log(step, {"eval/accuracy": result.accuracy})
@@ -118,10 +130,13 @@ def train(cfg: RunConfig) -> RunResult:
             log.info("step %d eval accuracy %.3f  e.g. %s", step, result.accuracy,
                      result.samples[0].describe())  # fmt: skip
         evals.append((step, result.accuracy))
-        keeper.observe(step, result.accuracy, student.model, student.tokenizer)
-        if cfg.train.dip_warn_points is not None:
+        # Every rank counts the eval (the same on each, so early stopping agrees); rank 0 saves.
+        keeper.observe(step, result.accuracy, student.model, student.tokenizer,
+                       ranks.hf_state_dict if ranks.distributed else None,
+                       save=ranks.is_main)  # fmt: skip
+        if cfg.train.dip_warn_points is not None and ranks.is_main:
             warn_if_dipped(step, result.accuracy, dict(evals).get(0), cfg.train.dip_warn_points,
-                           logger.path)  # fmt: skip
+                           metrics_file)  # fmt: skip
         return result.accuracy
 
     def checkpoint(step: int) -> None:
@@ -129,19 +144,26 @@ def train(cfg: RunConfig) -> RunResult:
             return  # resumed from this very step and trained no further
         status.set_state("checkpointing")
         state = TrainState(step, sampler.state())
-        save_checkpoint(run_dir, step, student.model, student.tokenizer, optimizer, state,
-                        cfg.model_dump(mode="json"), keep_last=cfg.train.keep_last)  # fmt: skip
+        if ranks.distributed:  # every rank writes its shards; rank 0 the export and the rename
+            save_sharded_checkpoint(run_dir, step, ranks, student.model, student.tokenizer,
+                                    optimizer, state, cfg.model_dump(mode="json"),
+                                    keep_last=cfg.train.keep_last)  # fmt: skip
+        else:
+            save_checkpoint(run_dir, step, student.model, student.tokenizer, optimizer, state,
+                            cfg.model_dump(mode="json"), keep_last=cfg.train.keep_last)  # fmt: skip
         status.mark_checkpoint(step)
 
     stop = StopFlag()
-    progress = Progress(cfg.name, cfg.train.steps, start_step, enabled=cfg.train.progress)
+    progress = Progress(cfg.name, cfg.train.steps, start_step,
+                        enabled=cfg.train.progress and ranks.is_main)  # fmt: skip
     accuracy_before = evaluate(0) if start_step == 0 else None
     accuracy = float("nan") if accuracy_before is None else accuracy_before
     step, evaluated = start_step, True
     status.set_state("training")
     step_start = RngAtStep.take(sampler)
     try:
-        while step < cfg.train.steps and not stop.requested and not keeper.should_stop:
+        # Ranks agree on stopping (each sees SIGTERM at its own moment) and so stop together.
+        while step < cfg.train.steps and not ranks.any(stop.requested or keeper.should_stop):
             step_start = RngAtStep.take(sampler)
             metrics = train_step(cfg, step, student, optimizer, data, sampler, teacher, drafts)
             step += 1
@@ -163,7 +185,8 @@ def train(cfg: RunConfig) -> RunResult:
         # The failed step drew prompts and rollout samples; a checkpoint taken now must hold
         # the RNGs as they were before it, so that resuming replays that step exactly.
         step_start.restore(sampler)
-        checkpoint(step)
+        if not ranks.distributed:  # the other ranks are not here: torchrun stops them
+            checkpoint(step)
         status.set_state("failed", str(exc))
         raise teacher_failure(cfg, exc, step) from exc
     finally:
@@ -174,7 +197,11 @@ def train(cfg: RunConfig) -> RunResult:
         if server is not None:
             server.stop()
     checkpoint(step)
-    plots = plot_run(run_dir)
+    if step < cfg.train.steps:  # every rank says so: a torchrun log shows that all stopped
+        log.warning("rank %d of %d stopped by a signal at step %d (checkpoint written)",
+                    ranks.rank, ranks.world, step)  # fmt: skip
+    ranks.close()
+    plots = plot_run(run_dir) if ranks.is_main else []
     status.set_state("done" if step >= cfg.train.steps else "stopped")
     log.info("run %s: %d steps, accuracy %.3f, plots in %s", cfg.name, step, accuracy,
              run_dir / "plots")  # fmt: skip
@@ -196,7 +223,9 @@ def train_step(
     t_step = time.monotonic()
     # 1. Prompts from the seeded sampler (each once per epoch by default; a resumed run draws
     # the same ones), as ids: these exact ids go to the rollout and to the teacher.
-    examples = [data.train[i] for i in sampler.draw(cfg.rollout.prompts_per_step)]
+    # Across processes each rank takes its slice of the one seeded order.
+    share = student.ranks.share(cfg.rollout.prompts_per_step)
+    examples = [data.train[i] for i in sampler.draw(cfg.rollout.prompts_per_step)[share]]
     prompts = data.codec.encode(examples)
 
     # 2. Rollouts. `sft` trains on the teacher's drafts as they are; every other method samples
@@ -217,10 +246,14 @@ def train_step(
         draft_s = time.monotonic() - t0
         # `rkl_topk` reads the student's own top-k at each token: the rollout records the ids.
         own_topk = cfg.loss.student_topk if needs_student_topk(cfg.loss) else 0
-        with student.precision.autocast():
+        # Across processes each prompt samples from its own seed, so a prompt's rollouts are the
+        # same whichever rank draws it (one process: the global RNG, as always).
+        seeds = prompt_seeds(cfg.train.seed, step, share) if student.ranks.distributed else None
+        with student.precision.autocast(), student.ranks.full_weights():
             sequences = roll_out(engine, student.model, prompts, prefixes, cfg.rollout,
                                  data.max_new_tokens, data.codec.eos_ids, student.pad_id,
-                                 own_topk, on_finished=stream.add)  # fmt: skip
+                                 own_topk, on_finished=stream.add,
+                                 prompt_seeds=seeds)  # fmt: skip
         rollout_s = time.monotonic() - t0 - draft_s
     # Verdicts (train-time accuracy only): the verifier sees the example, the response's text
     # and ids, and why it stopped.
@@ -246,8 +279,11 @@ def train_step(
     # its own copy of the weights takes the new ones.
     t2 = time.monotonic()
     trust_gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
+    trust_seeds = (row_seeds(cfg.train.seed, step, share.start * cfg.rollout.samples_per_prompt,
+                             len(sequences)) if student.ranks.distributed else None)  # fmt: skip
     update = apply_update(student.model, optimizer, sequences, scores, cfg.loss, cfg.optim,
-                          trust_gen, student.pad_id, student.precision)  # fmt: skip
+                          trust_gen, student.pad_id, student.precision, student.ranks,
+                          trust_seeds)  # fmt: skip
     engine.load_weights(student.model)
     update_s = time.monotonic() - t2
 
@@ -258,9 +294,9 @@ def train_step(
         **{_metric_key(k): v for k, v in update.metrics.items()},
         "train/grad_norm": update.grad_norm,
         "train/skipped": 0.0 if update.applied else 1.0,
-        "train/accuracy": float(np.mean(correct)) if correct else 0.0,
-        "train/guidance_prefix_len": float(np.mean([p.size for p in prefixes])),
-        "perf/tokens_per_s": trained_tokens(sequences) / max(seconds, 1e-9),
+        "train/accuracy": student.ranks.mean(correct),  # over every rank's rollouts
+        "train/guidance_prefix_len": student.ranks.mean([p.size for p in prefixes]),
+        "perf/tokens_per_s": student.ranks.sum(trained_tokens(sequences)) / max(seconds, 1e-9),
         "perf/step_s": seconds,
         "perf/rollout_s": rollout_s,
         "perf/teacher_wait_s": teacher_wait_s,

@@ -58,9 +58,13 @@ class PagedEngine:
         greedy: bool = False,
         batch_size: int | None = None,
         student_topk: int = 0,
+        context_seeds: Sequence[int] | None = None,
     ) -> Iterator[list[Completion]]:
-        if student_topk:  # the config refuses this pairing first (RunConfig)
+        # The config refuses both pairings first (RunConfig).
+        if student_topk:
             raise ValueError("the paged engine does not record the student's top-k ids")
+        if context_seeds is not None:
+            raise ValueError("the paged engine cannot seed each context's samples on its own")
         rows = [(c, list(ctx)) for c, ctx in enumerate(contexts)
                 for _ in range(samples_per_context)]  # fmt: skip
         limit = _max_positions(model)

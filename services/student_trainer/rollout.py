@@ -10,6 +10,7 @@ tensor is ever kept; rows are generated `batch_size` at a time, which bounds the
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -116,6 +117,7 @@ def sample_completions(
     greedy: bool = False,
     batch_size: int | None = None,
     student_topk: int = 0,
+    context_seeds: Sequence[int] | None = None,
 ) -> list[Completion]:
     """Sample `samples_per_context` completions for each context (prompt, maybe + guidance prefix).
 
@@ -131,12 +133,16 @@ def sample_completions(
         greedy: argmax decoding (evaluation).
         batch_size: rows (context x sample) per `generate` call; None = all at once.
         student_topk: also record the C likeliest ids of each step (0: none).
+        context_seeds: per context, a seed for its samples (each `generate` call then holds
+            one context's rows), so a context's completions do not depend on its neighbours
+            (across processes); None: the global torch RNG, rows of several contexts per call.
     Returns:
         len(contexts) * samples_per_context completions, truncated after the first eos.
     """
     return [c for chunk in generate_completions(model, contexts, samples_per_context,
                                                 max_new_tokens, eos_ids, pad_id, temperature,
-                                                greedy, batch_size, student_topk)
+                                                greedy, batch_size, student_topk,
+                                                context_seeds)
             for c in chunk]  # fmt: skip
 
 
@@ -152,6 +158,7 @@ def generate_completions(
     greedy: bool = False,
     batch_size: int | None = None,
     student_topk: int = 0,
+    context_seeds: Sequence[int] | None = None,
 ) -> Iterator[list[Completion]]:
     """`sample_completions`, one `generate` call's completions at a time, as each call ends."""
     rows = [(c, ctx) for c, ctx in enumerate(contexts) for _ in range(samples_per_context)]
@@ -159,16 +166,40 @@ def generate_completions(
     was_training = model.training
     model.eval()
     try:
-        for lo in range(0, len(rows), size):
-            batch = rows[lo : lo + size]
-            new_B_N, logprobs_B_N, topk_B_N_C = _generate(
-                model, [ctx for _, ctx in batch], max_new_tokens, eos_ids, pad_id,
-                None if greedy else temperature, student_topk,
-            )  # fmt: skip
+        for lo, hi, seed in _chunks(len(rows), size, samples_per_context, context_seeds):
+            batch = rows[lo:hi]
+            with _seeded(model, seed):
+                new_B_N, logprobs_B_N, topk_B_N_C = _generate(
+                    model, [ctx for _, ctx in batch], max_new_tokens, eos_ids, pad_id,
+                    None if greedy else temperature, student_topk,
+                )  # fmt: skip
             yield _truncate_at_eos(new_B_N, logprobs_B_N, [c for c, _ in batch], eos_ids, lo,
                                    topk_B_N_C)  # fmt: skip
     finally:
         model.train(was_training)
+
+
+def _chunks(
+    rows: int, size: int, per_context: int, seeds: Sequence[int] | None
+) -> list[tuple[int, int, int | None]]:
+    """(first row, end row, seed) of each `generate` call: `size` rows at a time, or with seeds
+    `size` rows of one context at a time, each chunk seeded from its context's seed."""
+    if seeds is None:
+        return [(lo, min(lo + size, rows), None) for lo in range(0, rows, size)]
+    return [(c * per_context + lo, c * per_context + min(lo + size, per_context), seed + lo)
+            for c, seed in enumerate(seeds) for lo in range(0, per_context, size)]  # fmt: skip
+
+
+@contextlib.contextmanager
+def _seeded(model: PreTrainedModel, seed: int | None) -> Iterator[None]:
+    """Sample from `seed` (global RNG state put back afterwards), or as is when None."""
+    if seed is None:
+        yield
+        return
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed % (1 << 63))
+        yield
 
 
 def _generate(
@@ -224,6 +255,7 @@ def roll_out(
     pad_id: int,
     student_topk: int = 0,
     on_finished: Callable[[list[tuple[int, TrainSequence]]], None] | None = None,
+    prompt_seeds: Sequence[int] | None = None,
 ) -> list[TrainSequence]:
     """The step's rollouts: `cfg.samples_per_prompt` responses per prompt, each opening with its
     prompt's guidance prefix (empty for unguided prompts) and continued by the student.
@@ -239,6 +271,7 @@ def roll_out(
             `candidates` of `rkl_topk`; zeros on prefix tokens, which the student did not sample).
         on_finished: called with each group of (row, sequence) as the engine finishes it, while
             the rest is still sampling (the overlap with the teacher).
+        prompt_seeds: per prompt, its sampling seed (`sample_completions`' context_seeds).
     Returns:
         len(prompts) * samples_per_prompt sequences, grouped by prompt, whatever order the
         engine finished them in.
@@ -254,6 +287,7 @@ def roll_out(
         temperature=cfg.temperature,
         batch_size=cfg.batch_size,
         student_topk=student_topk,
+        context_seeds=prompt_seeds,
     )
     sequences: dict[int, TrainSequence] = {}
     for chunk in chunks:

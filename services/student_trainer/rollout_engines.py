@@ -45,12 +45,14 @@ class RolloutEngine(Protocol):
         greedy: bool = False,
         batch_size: int | None = None,
         student_topk: int = 0,
+        context_seeds: Sequence[int] | None = None,
     ) -> Iterator[list[Completion]]:
         """`samples_per_context` completions per context (row = context * samples + sample),
         yielded in groups as they finish; every row exactly once. Arguments as in
         `rollout.sample_completions`; the model is in eval mode during the call, restored
         after. `student_topk` > 0 also records the student's C likeliest ids per token
-        (`Completion.topk_ids`); an engine that cannot refuses it. Groups must not depend on
+        (`Completion.topk_ids`), and `context_seeds` samples each context from its own seed
+        (`train.parallel`); an engine that cannot do either refuses it. Groups must not depend on
         timing (only on the engine's own sampling), so that a seeded run chunks its Score
         requests the same way every time."""
         ...
@@ -77,10 +79,11 @@ class GenerateEngine:
         greedy: bool = False,
         batch_size: int | None = None,
         student_topk: int = 0,
+        context_seeds: Sequence[int] | None = None,
     ) -> Iterator[list[Completion]]:
         return generate_completions(model, contexts, samples_per_context, max_new_tokens,
                                     eos_ids, pad_id, temperature, greedy, batch_size,
-                                    student_topk)  # fmt: skip
+                                    student_topk, context_seeds)  # fmt: skip
 
     def load_weights(self, model: PreTrainedModel) -> None:
         """Nothing: `generate` runs the trained module itself."""

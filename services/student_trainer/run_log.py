@@ -127,6 +127,16 @@ class RunLogger:
         os.replace(tmp, self.path)
 
 
+class NoLog:
+    """A RunLogger that writes nothing: ranks other than 0 across processes."""
+
+    def log(self, step: int, metrics: Mapping[str, Any], wall_time: float | None = None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_metrics(path: Path | str) -> list[dict[str, Any]]:
     """Parse a metrics.jsonl; a last line cut short (a crash mid-write) is dropped with a warning.
 

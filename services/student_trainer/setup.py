@@ -40,6 +40,7 @@ from tropd.teacher.client import (
 )
 from tropd.teacher.fingerprint import fingerprint_of
 from tropd.trainer.config import OptimConfig, RunConfig, TaskConfig, TeacherConfig
+from tropd.trainer.distributed import Ranks
 from tropd.trainer.errors import SetupError
 from tropd.trainer.guidance import DraftRequest, Drafts, load_drafts
 from tropd.trainer.losses import needs_student_topk, needs_topk, unmet_teacher_needs
@@ -63,6 +64,7 @@ class Student:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     precision: Precision = Precision()
+    ranks: Ranks = field(default_factory=Ranks.single)  # train.parallel's wrapper and rank
 
     @property
     def pad_id(self) -> int:
@@ -157,10 +159,11 @@ def task_from_config(cfg: TaskConfig) -> Task:
         raise SetupError(str(exc)) from exc
 
 
-def load_student(cfg: RunConfig) -> Student:
+def load_student(cfg: RunConfig, ranks: Ranks | None = None) -> Student:
     """The student in `student.param_dtype` on its device, with gradient checkpointing when
     `optim.gradient_checkpointing`, its output layer checked against its own logits (the update
-    reads log-probs from hidden states through it), and its autocast precision."""
+    reads log-probs from hidden states through it), and its autocast precision; wrapped in DDP
+    or FSDP2 when `ranks` is distributed (build the optimizer after this)."""
     path = resolve_model_path(cfg.student.path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -184,7 +187,11 @@ def load_student(cfg: RunConfig) -> Student:
         )
     except ValueError as exc:
         raise SetupError(f"student at {path}: {exc}") from exc
-    return Student(model, tokenizer, Precision.of(cfg.student.compute_dtype, cfg.student.device))
+    ranks = ranks or Ranks.single()
+    ranks.share(cfg.rollout.prompts_per_step)  # refuses an uneven split before anything runs
+    ranks.wrap(model)
+    precision = Precision.of(cfg.student.compute_dtype, cfg.student.device)
+    return Student(model, tokenizer, precision, ranks)
 
 
 def enable_checkpointing(model: PreTrainedModel) -> None:
@@ -439,10 +446,13 @@ def make_optimizer(model: PreTrainedModel, cfg: OptimConfig) -> torch.optim.Opti
     )
 
 
-def start_status(cfg: RunConfig, run_dir: Path) -> tuple[TrainerStatus, StatusServer | None]:
-    """The run's live status, served on `train.status_port` when one is set."""
+def start_status(
+    cfg: RunConfig, run_dir: Path, serve: bool = True
+) -> tuple[TrainerStatus, StatusServer | None]:
+    """The run's live status, served on `train.status_port` when one is set and `serve` (rank 0
+    alone serves across processes)."""
     status = TrainerStatus(run_name=cfg.name, run_dir=str(run_dir), total_steps=cfg.train.steps)
-    if cfg.train.status_port is None:
+    if cfg.train.status_port is None or not serve:
         return status, None
     server = StatusServer(status, host=cfg.train.status_host, port=cfg.train.status_port)
     server.start()

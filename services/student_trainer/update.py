@@ -5,7 +5,9 @@ depend on how the rollouts are split into micro-batches (by count or by token bu
 `batch.plan_micro_batches`). A step whose loss or gradient is not finite is counted and
 skipped, never applied. The student's log-probs come from its hidden states chunk by chunk
 (`logprobs.py`), so no [micro, T, V] tensor exists; forwards run under the student's autocast,
-backward outside it (`precision.py`).
+backward outside it (`precision.py`). Under `train.parallel` each rank updates from its share
+of the step's rollouts through the DDP / FSDP2 wrapper (`distributed.py`), and the step stays
+one step: the normalizer, the clip norm and the metrics span every rank.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tropd.trainer.batch import (
     trained_tokens,
 )
 from tropd.trainer.config import OptimConfig
+from tropd.trainer.distributed import Ranks
 from tropd.trainer.logprobs import chunk_positions, token_stats
 from tropd.trainer.losses import (
     LOSSES,
@@ -59,14 +62,21 @@ class _Reader:
     head: OutputHead
     chunk: int
     device: torch.device
+    ranks: Ranks
+
+    def hidden(self, **inputs: torch.Tensor) -> torch.Tensor:
+        """Last hidden states, through the DDP / FSDP2 wrapper when there is one."""
+        if self.ranks.module is not None:
+            return self.ranks.module(**inputs)  # type: ignore[no-any-return]
+        return decoder_hidden(self.model, **inputs)
 
 
 def _student_side(reader: _Reader, mb: MicroBatch) -> dict[str, torch.Tensor]:
     """Student log-probs of the response tokens (with grad), at the teacher's top-k, and entropy,
     as [B, T] (and [B, T, K]) tensors, zero on padding."""
     device = reader.device
-    hidden_B_L_D = decoder_hidden(
-        reader.model, input_ids=mb.ids_B_L.to(device), attention_mask=mb.attention_B_L.to(device)
+    hidden_B_L_D = reader.hidden(
+        input_ids=mb.ids_B_L.to(device), attention_mask=mb.attention_B_L.to(device)
     )
     rows, width_L, dim = hidden_B_L_D.shape
     positions_N, valid_B_T = flat_response_positions(
@@ -110,8 +120,11 @@ def _step_entropy_threshold(
     precision: Precision,
 ) -> float | None:
     """`entropy_top20`'s cut over the whole step, so the selected tokens do not depend on the
-    micro-batch split; it costs one extra no-grad forward, paid only when there are several."""
-    if loss_cfg.method != "entropy_top20" or len(plan) < 2:
+    micro-batch split; it costs one extra no-grad forward, paid only when there are several.
+    Across ranks the cut is taken over every rank's entropies (always: another rank may hold
+    several micro-batches)."""
+    ranks = reader.ranks
+    if loss_cfg.method != "entropy_top20" or (len(plan) < 2 and not ranks.distributed):
         return None  # one micro-batch: the loss takes the cut over it, which is the step
     entropies, masks = [], []
     for rows in plan:
@@ -119,7 +132,15 @@ def _step_entropy_threshold(
         with torch.no_grad(), precision.autocast():
             entropies.append(_student_side(reader, mb)["student_entropy_B_T"])
         masks.append(mb.response_mask_B_T.to(reader.device))
-    return entropy_top_threshold(entropies, masks, loss_cfg.entropy_top_fraction)
+    if not ranks.distributed:
+        return entropy_top_threshold(entropies, masks, loss_cfg.entropy_top_fraction)
+    for _ in range(len(plan), ranks.max(len(plan))):  # FSDP2: as many forwards as every rank
+        with torch.no_grad(), precision.autocast():
+            _student_side(reader, batch(plan[-1]))
+    mine = torch.cat([e.detach().float()[m].cpu() for e, m in zip(entropies, masks, strict=True)])
+    every = torch.cat(ranks.gather(mine))
+    return entropy_top_threshold([every], [torch.ones_like(every, dtype=torch.bool)],
+                                 loss_cfg.entropy_top_fraction)  # fmt: skip
 
 
 def _loss_inputs(
@@ -160,6 +181,8 @@ def apply_update(
     trust_generator: torch.Generator,
     pad_id: int,
     precision: Precision | None = None,
+    ranks: Ranks | None = None,
+    trust_seeds: Sequence[int] | None = None,
 ) -> UpdateResult:
     """Accumulate gradients over micro-batches, then clip and step (or skip when non-finite).
 
@@ -170,17 +193,22 @@ def apply_update(
         trust_generator: seeded per step; the uniforms for the trust test are drawn for all rows
             at once, so they do not depend on the micro-batch split.
         precision: autocast for the forwards, and float16's loss scaling (None: float32).
+        ranks: across processes (`train.parallel`), this rank's rollouts are its share: the
+            normalizer is every rank's token count, the clip norm every rank's gradient, the
+            metrics every rank's, and every rank runs as many micro-batches as the busiest.
+        trust_seeds: per rollout, a seed for its trust-test uniforms (across processes, where a
+            row's uniforms must not depend on which rank holds it); None: `trust_generator`.
     Returns:
         Whether the step was applied, the pre-clip gradient norm, and the merged loss metrics.
     """
     precision = precision or Precision()
+    ranks = ranks or Ranks.single()
     head = OutputHead.of(model)
     reader = _Reader(model, head, chunk_positions(head.vocab_size, optim.logits_chunk_mib),
-                     next(model.parameters()).device)  # fmt: skip
+                     next(model.parameters()).device, ranks)  # fmt: skip
     loss_fn = LOSSES[loss_cfg.method]
-    normalizer = float(max(trained_tokens(sequences), 1))
-    width_T = max(s.response_len for s in sequences)
-    uniform_N_T = torch.rand((len(sequences), width_T), generator=trust_generator)
+    normalizer = float(max(ranks.sum(trained_tokens(sequences)), 1))
+    uniform_N_T = _trust_uniforms(sequences, trust_generator, trust_seeds)
     model.train()
     optimizer.zero_grad(set_to_none=True)
     parts: list[dict[str, float]] = []
@@ -190,18 +218,31 @@ def apply_update(
         return collate([sequences[i] for i in rows], [scores[i] for i in rows], pad_id)
 
     threshold = _step_entropy_threshold(reader, plan, batch, loss_cfg, precision)
-    for rows in plan:
+    # Across ranks every rank runs the busiest rank's count of forwards and backwards (FSDP2's
+    # collectives pair up one to one); the extra ones repeat a micro-batch with weight 0.
+    rounds = ranks.max(len(plan))
+    for i in range(rounds):
+        rows = plan[min(i, len(plan) - 1)]
         mb = batch(rows)
         with precision.autocast():
             student = _student_side(reader, mb)
         uniform_B_T = uniform_N_T[torch.tensor(rows), : mb.response_ids_B_T.shape[1]]
         inputs = _loss_inputs(mb, student, uniform_B_T, reader.device, threshold)
         loss, metrics = loss_fn(inputs, loss_cfg, normalizer)
+        if ranks.distributed:  # DDP and FSDP2 average gradients over ranks; the normalizer
+            loss = loss * (ranks.world if i < len(plan) else 0.0)  # already counts them all
         precision.backward(loss)
-        parts.append({**metrics, "nonfinite_inputs": float(sum(count_nonfinite(inputs).values()))})
+        if i < len(plan):
+            parts.append(
+                {**metrics, "nonfinite_inputs": float(sum(count_nonfinite(inputs).values()))}
+            )
     precision.unscale(optimizer)
     params = [p for p in model.parameters() if p.grad is not None]
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, optim.grad_clip))
+    if ranks.distributed:
+        grad_norm = ranks.clip_grad_norm(params, optim.grad_clip)
+        parts = [part for rank_parts in ranks.gather(parts) for part in rank_parts]
+    else:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, optim.grad_clip))
     merged = summarize_metrics(merge_metrics(parts))
     loss_total = merged.get("loss_total", 0.0)
     applied = math.isfinite(grad_norm) and math.isfinite(loss_total)
@@ -215,3 +256,18 @@ def apply_update(
     precision.step(optimizer, applied)
     optimizer.zero_grad(set_to_none=True)  # frees a weights-sized buffer before the rollout
     return UpdateResult(applied, grad_norm, merged)
+
+
+def _trust_uniforms(
+    sequences: Sequence[TrainSequence], generator: torch.Generator, seeds: Sequence[int] | None
+) -> torch.Tensor:
+    """The trust test's uniforms [N, T]: one draw for all rows from `generator`, or (across
+    processes) each row's own from its seed, so they do not depend on the rank or the width."""
+    width_T = max(s.response_len for s in sequences)
+    if seeds is None:
+        return torch.rand((len(sequences), width_T), generator=generator)
+    uniform_N_T = torch.zeros((len(sequences), width_T))
+    for row, (seq, seed) in enumerate(zip(sequences, seeds, strict=True)):
+        row_gen = torch.Generator().manual_seed(seed)
+        uniform_N_T[row, : seq.response_len] = torch.rand(seq.response_len, generator=row_gen)
+    return uniform_N_T

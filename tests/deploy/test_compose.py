@@ -209,9 +209,14 @@ def test_teacher_environment_loads_in_the_server_config(compose: dict[str, Any],
 @pytest.mark.parametrize("name", ["student-a", "student-b"])
 def test_student_commands_load_in_the_trainer_config(compose: dict[str, Any], name: str) -> None:
     config_module = pytest.importorskip("tropd.trainer.config")
+    from tropd.trainer.cli import build_parser
+
     command = compose["services"][name]["command"]
     assert command[:4] == ["tropd-train", "run", "--config", command[3]]
-    cfg = config_module.load_config(ROOT / command[3], command[4:])
+    args = build_parser().parse_args(command[1:])
+    assert args.nproc == 1  # STUDENT_NPROC: several processes under torchrun when raised
+    cfg = config_module.load_config(ROOT / args.config, args.overrides)
+    assert cfg.train.parallel == "none"
     assert cfg.name == name
     # Reachable on the compose network (Prometheus scrapes it), not only on loopback.
     assert cfg.train.status_host == "0.0.0.0"
