@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from tropd.trainer.config import load_config
+from tropd.trainer.keep_best import read_best
 from tropd.trainer.local_teacher import start_local_teacher
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -138,6 +139,10 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"\n{'':16} {'accuracy':>9}   grad norm (pre-clip)")
     for label, acc, gn in rows:
         print(f"{label:16} {acc:>9}   {gn}")
+    best = read_best(out / "tropd")
+    if best is not None:  # train.keep_best: what a user takes away, never below the start
+        print(f"\nbest TrOPD student kept: step {best.step}, accuracy {best.accuracy:.3f}, in "
+              f"{out / 'tropd' / 'best'} (tropd-train export-best)")  # fmt: skip
     print(f"\nplots: {plot} and {out}/*/plots/; metrics: {out}/*/metrics.jsonl\n")
     print(
         json.dumps(
@@ -145,6 +150,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 "student_accuracy_before": tropd["accuracy_before"],
                 "student_accuracy_after": tropd["accuracy_after"],
                 "opd_accuracy_after": opd["accuracy_after"],
+                "student_best_accuracy": None if best is None else best.accuracy,
                 "teacher_accuracy": teacher_acc,
                 "steps": tropd["steps_done"],
                 "wall_s": round(time.monotonic() - t0, 1),

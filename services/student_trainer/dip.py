@@ -4,7 +4,7 @@ its start, naming the training metrics that moved most since the first step.
 
 Boundary: numbers in, numbers (and one log line) out. Reads `(step, accuracy)` series and the
 run log's metrics ("train/trust_fraction", ...); knows nothing about models or losses.
-Definitions are the pre-registered ones of docs/results.md (issue 20).
+Definitions are the pre-registered ones of docs/results.md ("Beat the dip").
 """
 
 from __future__ import annotations
