@@ -40,7 +40,6 @@ from tropd.trainer.keep_best import BestKeeper
 from tropd.trainer.losses import needs_student_topk, needs_teacher_scores
 from tropd.trainer.plots import plot_run
 from tropd.trainer.rollout import roll_out
-from tropd.trainer.rollout_engines import make_engine
 from tropd.trainer.routing import connect_teachers
 from tropd.trainer.run_log import NoLog, Progress, RunLogger, quiet_progress_bars, read_metrics
 from tropd.trainer.sampler import PromptSampler
@@ -235,7 +234,6 @@ def train_step(
     overlap = cfg.rollout.overlap and needs_teacher_scores(cfg.loss)
     stream = ScoreStream(teacher, examples, cfg.loss, cfg.routing.default,
                          cfg.rollout.overlap_chunk_rows if overlap else None)  # fmt: skip
-    engine = make_engine(cfg.rollout)
     if cfg.loss.method == "sft":
         sequences = draft_sequences(prompts, drafts.for_step(step, examples, prompts),
                                     data.codec.eos_ids)  # fmt: skip
@@ -250,7 +248,7 @@ def train_step(
         # same whichever rank draws it (one process: the global RNG, as always).
         seeds = prompt_seeds(cfg.train.seed, step, share) if student.ranks.distributed else None
         with student.precision.autocast(), student.ranks.full_weights():
-            sequences = roll_out(engine, student.model, prompts, prefixes, cfg.rollout,
+            sequences = roll_out(student.engine, student.model, prompts, prefixes, cfg.rollout,
                                  data.max_new_tokens, data.codec.eos_ids, student.pad_id,
                                  own_topk, on_finished=stream.add,
                                  prompt_seeds=seeds)  # fmt: skip
@@ -284,7 +282,7 @@ def train_step(
     update = apply_update(student.model, optimizer, sequences, scores, cfg.loss, cfg.optim,
                           trust_gen, student.pad_id, student.precision, student.ranks,
                           trust_seeds)  # fmt: skip
-    engine.load_weights(student.model)
+    student.engine.load_weights(student.model)
     update_s = time.monotonic() - t2
 
     # 5. Metrics: loss-side names become run-log names (loss_pg -> loss/pg); the token counts

@@ -47,6 +47,7 @@ from tropd.trainer.losses import needs_student_topk, needs_topk, unmet_teacher_n
 from tropd.trainer.precision import DTYPES, Precision
 from tropd.trainer.prompts import PromptCodec, prompt_format, round_trip_losses, stop_ids
 from tropd.trainer.replicas import check_replicas, probe_replica, replica_addresses
+from tropd.trainer.rollout_engines import GenerateEngine, RolloutEngine, make_engine
 from tropd.trainer.status_server import StatusServer, TrainerStatus
 from tropd.trainer.tasks import TaskError, load_task
 from tropd.trainer.tasks.base import Example, Task
@@ -65,6 +66,9 @@ class Student:
     tokenizer: PreTrainedTokenizerBase
     precision: Precision = Precision()
     ranks: Ranks = field(default_factory=Ranks.single)  # train.parallel's wrapper and rank
+    # What samples it (`rollout.engine`): one for the run, so an engine holding its own copy
+    # of the weights keeps it across steps (`load_weights` after each update).
+    engine: RolloutEngine = field(default_factory=GenerateEngine)
 
     @property
     def pad_id(self) -> int:
@@ -191,7 +195,7 @@ def load_student(cfg: RunConfig, ranks: Ranks | None = None) -> Student:
     ranks.share(cfg.rollout.prompts_per_step)  # refuses an uneven split before anything runs
     ranks.wrap(model)
     precision = Precision.of(cfg.student.compute_dtype, cfg.student.device)
-    return Student(model, tokenizer, precision, ranks)
+    return Student(model, tokenizer, precision, ranks, make_engine(cfg.rollout))
 
 
 def enable_checkpointing(model: PreTrainedModel) -> None:

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,8 +22,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, Qwen3Config
 
-from tropd.teacher.config import ServerConfig
-from tropd.teacher.server import ServerHandle, start_server
+from tropd.teacher.server import ServerHandle
 from tropd.trainer.run_log import read_metrics
 from tropd.trainer.world import builtin_world_dir
 
@@ -44,16 +42,6 @@ SMALL = [
     "teacher.max_retries=1",
     "teacher.timeout_s=10",
 ]
-
-
-@pytest.fixture(scope="module")
-def teacher() -> Iterator[ServerHandle]:
-    torch.set_num_threads(1)
-    config = ServerConfig(model=str(builtin_world_dir() / "teacher"), host="127.0.0.1", port=0,
-                          http_port=0, max_delay_ms=2.0)  # fmt: skip
-    handle = start_server(config)
-    yield handle
-    handle.stop(grace_s=5.0)
 
 
 @pytest.fixture(scope="module")

@@ -11,22 +11,18 @@ import json
 import logging
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from transformers import AutoModelForCausalLM
 
-from tropd.teacher.config import ServerConfig
-from tropd.teacher.server import ServerHandle, start_server
+from tropd.teacher.server import ServerHandle
 from tropd.trainer.config import load_config
 from tropd.trainer.evaluate import evaluate_student
 from tropd.trainer.keep_best import read_best
 from tropd.trainer.loop import train
 from tropd.trainer.run_log import read_metrics
 from tropd.trainer.setup import load_data, load_student
-from tropd.trainer.world import builtin_world_dir
 
 REPO = Path(__file__).resolve().parents[3]
 # OPD at 30x the demo's rate: the student leaves its start within a step or two.
@@ -42,16 +38,6 @@ FALLING = [
     "loss.method=opd",
     "optim.lr=3e-3",
 ]
-
-
-@pytest.fixture(scope="module")
-def teacher() -> Iterator[ServerHandle]:
-    torch.set_num_threads(1)
-    config = ServerConfig(model=str(builtin_world_dir() / "teacher"), host="127.0.0.1", port=0,
-                          http_port=0, max_delay_ms=2.0)  # fmt: skip
-    handle = start_server(config)
-    yield handle
-    handle.stop(grace_s=5.0)
 
 
 def _run(teacher: ServerHandle, run_dir: Path, *extra: str):  # noqa: ANN202

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,14 +43,6 @@ SMALL = [
 def _serve(model: Path) -> ServerHandle:
     config = ServerConfig(model=str(model), host="127.0.0.1", port=0, http_port=0, max_delay_ms=2.0)
     return start_server(config)
-
-
-@pytest.fixture(scope="module")
-def teacher() -> Iterator[ServerHandle]:
-    torch.set_num_threads(1)
-    handle = _serve(builtin_world_dir() / "teacher")
-    yield handle
-    handle.stop(grace_s=5.0)
 
 
 def _cli(args: list[str], **kwargs: object) -> subprocess.Popen:
