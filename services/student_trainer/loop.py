@@ -25,9 +25,7 @@ from tropd.trainer.checkpoint import (
     TrainState,
     find_latest_checkpoint,
     load_checkpoint,
-    load_sharded_checkpoint,
     save_checkpoint,
-    save_sharded_checkpoint,
     step_dir_name,
 )
 from tropd.trainer.config import RunConfig, dump_config
@@ -54,6 +52,7 @@ from tropd.trainer.setup import (
     make_optimizer,
     start_status,
 )
+from tropd.trainer.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
 from tropd.trainer.stopping import OutageLog, RngAtStep, StopFlag, teacher_failure
 from tropd.trainer.update import apply_update
 
@@ -98,12 +97,9 @@ def train(cfg: RunConfig) -> RunResult:
     start_step = 0
     if latest is None:
         torch.manual_seed(cfg.train.seed)  # rollouts sample from the global torch RNG
-    elif ranks.distributed:
-        state = load_sharded_checkpoint(latest, ranks, optimizer)
-        sampler.restore(state.data_state)
-        start_step = state.step
     else:
-        state = load_checkpoint(latest, student.model, optimizer)
+        state = (load_sharded_checkpoint(latest, ranks, optimizer) if ranks.distributed
+                 else load_checkpoint(latest, student.model, optimizer))  # fmt: skip
         sampler.restore(state.data_state)
         start_step = state.step
         log.info("resumed from %s (step %d)", latest, start_step)
