@@ -41,6 +41,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)  # a bad config fails before any launch
     if args.nproc > 1 and "RANK" not in os.environ:
+        if cfg.train.parallel == "none":  # refused here, before torchrun wraps it in a traceback
+            raise ConfigError(f"--nproc {args.nproc} needs train.parallel=ddp or fsdp")
         _relaunch_under_torchrun(args)
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone prints
     if main_rank:

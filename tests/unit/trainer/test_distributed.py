@@ -100,3 +100,12 @@ def test_seeded_trust_uniforms_do_not_depend_on_the_neighbours() -> None:
     assert torch.equal(wide[2, :3], narrow[0]) and (wide[2, 3:] == 0).all()
     unseeded = _trust_uniforms([_sequence(5)], torch.Generator().manual_seed(4), None)
     assert torch.equal(unseeded, torch.rand((1, 5), generator=torch.Generator().manual_seed(4)))
+
+
+def test_nproc_without_a_parallel_mode_is_refused_before_torchrun(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tropd.trainer.cli import main
+
+    assert main(["run", "--config", "configs/demo.yaml", "--nproc", "2"]) == 2
+    assert "--nproc 2 needs train.parallel=ddp or fsdp" in capsys.readouterr().err
