@@ -96,10 +96,15 @@ METHODS: dict[str, list[str]] = {
     "tropd_rkl": [*_ISSUE20_DEFAULT, "loss.trust_signal=rkl_topk", "loss.student_topk=16"],
     "rkl_topk_floor": ["loss.method=rkl_topk", "loss.student_topk=16", "loss.rkl_floor=-5"],
     "tropd_seqtrust": [*_ISSUE20_DEFAULT, "loss.sequence_trust=true"],
+    # issue 20's second round (pre-registered in docs/results.md before any run).
+    "tropd_warmup": [*_ISSUE20_DEFAULT, "optim.warmup_steps=10"],
+    "tropd_anchor": [*_ISSUE20_DEFAULT, "loss.anchor_kl=1.0", "loss.anchor_decay_steps=50"],
+    "tropd_guided": [*_ISSUE20_DEFAULT, "guidance.fraction=0.5", "loss.beta_guidance=1.0"],
 }
 BASELINES = ("clip", "mask", "fkl_topk", "jsd", "eopd", "entropy_top20")
 SENSITIVITY = ("surprise_c1", "surprise_c4", "surprise_s0_2", "surprise_s0_8")
-ISSUE20 = ("rkl_topk", "tropd_rkl", "rkl_topk_floor", "tropd_seqtrust")
+ISSUE20 = ("rkl_topk", "tropd_rkl", "rkl_topk_floor", "tropd_seqtrust", "tropd_warmup",
+           "tropd_anchor", "tropd_guided")  # fmt: skip
 DEFAULT_WORLD_METHODS = tuple(m for m in METHODS if m not in (*SENSITIVITY, *ISSUE20))
 # Other settings, in priority order (a deadline cuts from the end); "best" = the best baseline.
 OTHER_METHODS = (

@@ -38,15 +38,24 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BENCH_CONFIGS = REPO_ROOT / "configs" / "bench"
-SETTINGS = ("default", "lr3e-4", "matched", "hard", "lr3e-5")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # distill_quality beside this one
+
+# The same settings, worlds and recipes as the benchmark whose tables this row joins.
+from distill_quality import (  # noqa: E402
+    BENCH_CONFIGS,
+    OPT_IN_SETTINGS,
+    SETTINGS,
+    WORLDS,
+    teacher_model,
+)
+
 METHOD = "trl_dense_rkl"
-TEACHER = "builtin:teacher"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
+    p.add_argument("--settings", nargs="+", choices=[*SETTINGS, *OPT_IN_SETTINGS],
+                   default=list(SETTINGS))  # fmt: skip
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--runs", type=Path, default=REPO_ROOT / "runs" / "bench" / "issue20")
     p.add_argument("--workers", type=int, default=2, help="training processes at once")
@@ -95,7 +104,7 @@ def _train(job: dict[str, Any]) -> list[float]:
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     student = load_student(cfg)
     data = load_data(cfg, student.tokenizer, student.generation_eos)
-    teacher = AutoModelForCausalLM.from_pretrained(resolve_model_path(TEACHER))
+    teacher = AutoModelForCausalLM.from_pretrained(resolve_model_path(job["teacher"]))
     ids_of = {str(i): list(p) for i, p in enumerate(data.codec.encode(data.train))}
 
     # The prompts tropd's loop would draw for this seed, each repeated samples_per_prompt times.
@@ -182,6 +191,11 @@ def _train(job: dict[str, Any]) -> list[float]:
     return accs
 
 
+def _student(setting: str) -> list[str]:
+    """The override pointing the recipe at its world's student (none on the built-in world)."""
+    return [f"student.path={WORLDS[setting][1]}"] if setting in WORLDS else []
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.time()
@@ -191,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             "setting": setting,
             "seed": seed,
             "config": str(BENCH_CONFIGS / f"{setting}.yaml"),
-            "overrides": list(args.overrides),
+            "overrides": _student(setting) + list(args.overrides),
+            "teacher": teacher_model(setting),
             "run_dir": str(args.runs / setting / METHOD / f"seed{seed}"),
             "deadline": deadline,
         }

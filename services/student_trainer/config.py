@@ -196,6 +196,12 @@ class OptimConfig(_Frozen):
         description="token budget per forward/backward (rows x padded length); sequences are "
         "packed by length; null = micro_batch_size consecutive rollouts",
     )
+    warmup_steps: int = Field(
+        0,
+        ge=0,
+        description="the learning rate rises linearly from lr/warmup_steps at the first step to "
+        "lr at step warmup_steps, then stays constant; 0 = constant lr from the start",
+    )
     gradient_checkpointing: bool = Field(
         False, description="recompute each decoder layer in backward (less memory, ~1/3 more time)"
     )

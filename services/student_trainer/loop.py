@@ -50,11 +50,13 @@ from tropd.trainer.setup import (
     load_data,
     load_student,
     make_optimizer,
+    resolve_model_path,
     start_status,
 )
 from tropd.trainer.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
+from tropd.trainer.start_anchor import StartAnchor, load_start_anchor
 from tropd.trainer.stopping import OutageLog, RngAtStep, StopFlag, teacher_failure
-from tropd.trainer.update import apply_update
+from tropd.trainer.update import apply_update, set_learning_rate
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ def train(cfg: RunConfig) -> RunResult:
         quiet_progress_bars()  # the libraries' own bars too (loading weights, data sets)
     ranks = join(cfg.train.parallel, cfg.student.device, cfg.train.collective_timeout_s)
     student = load_student(cfg, ranks)  # wrapped in DDP / FSDP2 under train.parallel
+    anchor = load_start_anchor(cfg, resolve_model_path(cfg.student.path))  # loss.anchor_kl
     data = load_data(cfg, student.tokenizer, student.generation_eos)
     teacher = connect_teachers(cfg, student, data)  # refuses a teacher that does not fit
     drafts = drafts_source(cfg, teacher, data)
@@ -160,7 +163,8 @@ def train(cfg: RunConfig) -> RunResult:
         # Ranks agree on stopping (each sees SIGTERM at its own moment) and so stop together.
         while step < cfg.train.steps and not ranks.any(stop.requested or keeper.should_stop):
             step_start = RngAtStep.take(sampler)
-            metrics = train_step(cfg, step, student, optimizer, data, sampler, teacher, drafts)
+            metrics = train_step(cfg, step, student, optimizer, data, sampler, teacher, drafts,
+                                 anchor)  # fmt: skip
             step += 1
             logger.log(step, metrics)
             status.update_step(step, metrics)
@@ -213,6 +217,7 @@ def train_step(
     sampler: PromptSampler,
     teacher: Teacher,
     drafts: Drafts,
+    anchor: StartAnchor | None = None,
 ) -> dict[str, float]:
     """One optimizer step, stage by stage; returns its metrics (the run log's keys)."""
     t_step = time.monotonic()
@@ -268,16 +273,19 @@ def train_step(
     teacher_wait_s = time.monotonic() - t1
     teacher_s = draft_s + teacher_wait_s
 
-    # 4. Micro-batched forward/backward, clip, AdamW (skipped when non-finite). The trust
-    # test's uniforms are seeded by step, so a resumed run draws the same ones. An engine with
-    # its own copy of the weights takes the new ones.
+    # 4. Micro-batched forward/backward, clip, AdamW (skipped when non-finite), at the step's
+    # learning rate (warm-up). The trust test's uniforms are seeded by step, so a resumed run
+    # draws the same ones. With `loss.anchor_kl` the frozen start scores the rollouts too. An
+    # engine with its own copy of the weights takes the new ones.
     t2 = time.monotonic()
+    lr = set_learning_rate(optimizer, cfg.optim, step)
     trust_gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
     trust_seeds = (row_seeds(cfg.train.seed, step, share.start * cfg.rollout.samples_per_prompt,
                              len(sequences)) if student.ranks.distributed else None)  # fmt: skip
+    anchor_now = None if anchor is None else anchor.at(step)
     update = apply_update(student.model, optimizer, sequences, scores, cfg.loss, cfg.optim,
                           trust_gen, student.pad_id, student.precision, student.ranks,
-                          trust_seeds)  # fmt: skip
+                          trust_seeds, anchor_now)  # fmt: skip
     student.engine.load_weights(student.model)
     update_s = time.monotonic() - t2
 
@@ -287,6 +295,8 @@ def train_step(
     return {
         **{_metric_key(k): v for k, v in update.metrics.items()},
         "train/grad_norm": update.grad_norm,
+        "train/lr": lr,
+        **({"train/anchor_coef": anchor_now.coef} if anchor_now else {}),
         "train/skipped": 0.0 if update.applied else 1.0,
         "train/accuracy": student.ranks.mean(correct),  # over every rank's rollouts
         "train/guidance_prefix_len": student.ranks.mean([p.size for p in prefixes]),

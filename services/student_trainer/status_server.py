@@ -50,14 +50,23 @@ SKIPPED_KEY = "train/skipped"
 GAUGE_METRICS: dict[str, tuple[str, str]] = {
     "train/trust_fraction": ("trainer_trust_fraction", "Fraction of sampled tokens trusted"),
     "train/grad_norm": ("trainer_grad_norm", "Gradient norm before clipping"),
+    "train/lr": ("trainer_learning_rate", "Learning rate of the step (optim.warmup_steps)"),
     "perf/tokens_per_s": ("trainer_tokens_per_second", "Trained response tokens per second"),
     "perf/step_s": ("trainer_step_duration_seconds", "Wall time of the step"),
     "perf/teacher_s": ("trainer_teacher_latency_seconds", "Wall time of the step's teacher calls"),
+    "perf/rollout_s": ("trainer_rollout_seconds", "Wall time of the step's rollout"),
+    "perf/teacher_wait_s": (
+        "trainer_teacher_wait_seconds",
+        "Time the step sat idle waiting for the teacher's scores",
+    ),
+    "perf/update_s": ("trainer_update_seconds", "Wall time of the step's forward/backward/AdamW"),
     "perf/teacher_queue_s": (
-        "trainer_teacher_queue_seconds", "Time the step's Score calls queued at the teacher",
+        "trainer_teacher_queue_seconds",
+        "Time the step's Score calls queued at the teacher",
     ),
     "perf/teacher_compute_s": (
-        "trainer_teacher_compute_seconds", "Teacher forward time of the step's Score calls",
+        "trainer_teacher_compute_seconds",
+        "Teacher forward time of the step's Score calls",
     ),
 }
 

@@ -43,6 +43,7 @@ from tropd.trainer.losses import (
     summarize_metrics,
 )
 from tropd.trainer.precision import Precision
+from tropd.trainer.start_anchor import Anchor
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,11 @@ class _Reader:
         return decoder_hidden(self.model, **inputs)
 
 
-def _student_side(reader: _Reader, mb: MicroBatch) -> dict[str, torch.Tensor]:
-    """Student log-probs of the response tokens (with grad), at the teacher's top-k, and entropy,
-    as [B, T] (and [B, T, K]) tensors, zero on padding."""
+def _student_side(
+    reader: _Reader, mb: MicroBatch, read_topk: bool = True
+) -> dict[str, torch.Tensor]:
+    """Student log-probs of the response tokens (with grad), at the teacher's top-k (unless not
+    `read_topk`), and entropy, as [B, T] (and [B, T, K]) tensors, zero on padding."""
     device = reader.device
     hidden_B_L_D = reader.hidden(
         input_ids=mb.ids_B_L.to(device), attention_mask=mb.attention_B_L.to(device)
@@ -83,7 +86,8 @@ def _student_side(reader: _Reader, mb: MicroBatch) -> dict[str, torch.Tensor]:
         mb.starts_B.to(device), mb.lengths_B.to(device), mb.response_ids_B_T.shape[1], width_L
     )
     # Extra ids read in the same pass: the teacher's top-K, then the student's own top-C.
-    extra = [t for t in (mb.teacher_topk_ids_B_T_K, mb.student_topk_ids_B_T_C) if t is not None]
+    extra = [t for t in (mb.teacher_topk_ids_B_T_K, mb.student_topk_ids_B_T_C)
+             if t is not None and read_topk]  # fmt: skip
     stats = token_stats(
         reader.head,
         hidden_B_L_D.reshape(rows * width_L, dim),
@@ -143,12 +147,23 @@ def _step_entropy_threshold(
                                  loss_cfg.entropy_top_fraction)  # fmt: skip
 
 
+def _start_logprobs(reader: _Reader | None, mb: MicroBatch) -> torch.Tensor | None:
+    """The frozen starting student's log-probs of the response tokens [B, T] (the KL anchor),
+    or None without an anchor this step."""
+    if reader is None:
+        return None
+    with torch.no_grad():
+        return _student_side(reader, mb, read_topk=False)["student_logprobs_B_T"]
+
+
 def _loss_inputs(
     mb: MicroBatch,
     student: dict[str, torch.Tensor],
     uniform_B_T: torch.Tensor,
     device: torch.device,
     entropy_threshold: float | None,
+    start_B_T: torch.Tensor | None,
+    anchor_coef: float,
 ) -> LossInputs:
     def dev(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.to(device)
@@ -168,6 +183,8 @@ def _loss_inputs(
         response_mask_B_T=mb.response_mask_B_T.to(device),
         prefix_mask_B_T=dev(mb.prefix_mask_B_T),
         student_entropy_threshold=entropy_threshold,
+        start_logprobs_B_T=start_B_T,
+        anchor_coef=anchor_coef,
     )
 
 
@@ -183,6 +200,7 @@ def apply_update(
     precision: Precision | None = None,
     ranks: Ranks | None = None,
     trust_seeds: Sequence[int] | None = None,
+    anchor: Anchor | None = None,
 ) -> UpdateResult:
     """Accumulate gradients over micro-batches, then clip and step (or skip when non-finite).
 
@@ -198,6 +216,8 @@ def apply_update(
             metrics every rank's, and every rank runs as many micro-batches as the busiest.
         trust_seeds: per rollout, a seed for its trust-test uniforms (across processes, where a
             row's uniforms must not depend on which rank holds it); None: `trust_generator`.
+        anchor: the frozen starting student and this step's weight on the KL to it
+            (`loss.anchor_kl`); None: no anchor term.
     Returns:
         Whether the step was applied, the pre-clip gradient norm, and the merged loss metrics.
     """
@@ -206,6 +226,9 @@ def apply_update(
     head = OutputHead.of(model)
     reader = _Reader(model, head, chunk_positions(head.vocab_size, optim.logits_chunk_mib),
                      next(model.parameters()).device, ranks)  # fmt: skip
+    start = (None if anchor is None or anchor.coef == 0 else
+             _Reader(anchor.model, OutputHead.of(anchor.model), reader.chunk, reader.device,
+                     Ranks.single()))  # fmt: skip
     loss_fn = LOSSES[loss_cfg.method]
     normalizer = float(max(ranks.sum(trained_tokens(sequences)), 1))
     uniform_N_T = _trust_uniforms(sequences, trust_generator, trust_seeds)
@@ -227,7 +250,10 @@ def apply_update(
         with precision.autocast():
             student = _student_side(reader, mb)
         uniform_B_T = uniform_N_T[torch.tensor(rows), : mb.response_ids_B_T.shape[1]]
-        inputs = _loss_inputs(mb, student, uniform_B_T, reader.device, threshold)
+        with precision.autocast():
+            start_B_T = _start_logprobs(start, mb)
+        inputs = _loss_inputs(mb, student, uniform_B_T, reader.device, threshold, start_B_T,
+                              0.0 if anchor is None else anchor.coef)  # fmt: skip
         loss, metrics = loss_fn(inputs, loss_cfg, normalizer)
         if ranks.distributed:  # DDP and FSDP2 average gradients over ranks; the normalizer
             loss = loss * (ranks.world if i < len(plan) else 0.0)  # already counts them all
@@ -256,6 +282,19 @@ def apply_update(
     precision.step(optimizer, applied)
     optimizer.zero_grad(set_to_none=True)  # frees a weights-sized buffer before the rollout
     return UpdateResult(applied, grad_norm, merged)
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, optim: OptimConfig, step: int) -> float:
+    """Set step `step`'s learning rate (0-based): a linear warm-up from `lr / warmup_steps` to
+    `lr` over `optim.warmup_steps` steps, then `lr`; returns it.
+
+    By hand rather than torch's LambdaLR: the rate is a function of the step alone, which every
+    checkpoint (plain or DCP) already holds, so a resumed run needs no scheduler state.
+    """
+    scale = min(1.0, (step + 1) / optim.warmup_steps) if optim.warmup_steps else 1.0
+    for group in optimizer.param_groups:
+        group["lr"] = optim.lr * scale
+    return optim.lr * scale
 
 
 def _trust_uniforms(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Method = Literal[
     "opd", "tropd", "clip", "mask", "fkl_topk", "jsd", "eopd", "entropy_top20", "sft", "rkl_topk"
@@ -114,3 +114,22 @@ class LossConfig(BaseModel):
 
     entropy_top_fraction: float = Field(default=0.2, gt=0.0, le=1.0)
     """`entropy_top20`: the fraction of response tokens (highest student entropy) that get OPD."""
+
+    anchor_kl: float = Field(default=0.0, ge=0.0)
+    """Weight beta of a KL anchor to the starting student, `beta_t * KL(pi_S || pi_start)` on
+    response tokens (`anchor`; every on-policy method): the trainer keeps a frozen copy of the
+    student as loaded (one more model in memory, one more no-grad forward per micro-batch while
+    beta_t > 0). 0 = off."""
+
+    anchor_decay_steps: int | None = Field(default=None, ge=1)
+    """`anchor_kl`: beta_t falls linearly from `anchor_kl` at step 0 to 0 at this step (then the
+    frozen copy is no longer read); None = constant."""
+
+    @model_validator(mode="after")
+    def _anchor_needs_samples(self) -> LossConfig:
+        if self.anchor_kl > 0 and self.method == "sft":
+            raise ValueError(
+                "anchor_kl needs the student's own samples (its K1 estimate is on-policy); sft "
+                "trains on teacher drafts: set anchor_kl=0 or pick an on-policy method"
+            )
+        return self

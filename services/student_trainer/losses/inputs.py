@@ -62,6 +62,10 @@ class LossInputs:
     outlier_weight_B_T: Tensor | None = None
     """TrOPD: per-token weight in [0, 1] on the outlier term (constant); None means 1. It
     multiplies the weight of `LossConfig.outlier_weighting`'s rule when one is on."""
+    start_logprobs_B_T: Tensor | None = None
+    """log pi_start(x_t) from the frozen starting student (constant), for the KL anchor."""
+    anchor_coef: float = 0.0
+    """This step's weight beta_t on the KL anchor to the starting student (`anchor`); 0 = off."""
     student_entropy_threshold: float | None = None
     """`entropy_top20`: the step-wide entropy cut from `entropy_top_threshold` over all
     micro-batches of the step; None means the cut is taken over this micro-batch alone."""

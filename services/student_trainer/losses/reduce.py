@@ -1,7 +1,8 @@
 """From per-token terms to `(loss, metrics)`: the one place the normalizer is applied.
 
 Every loss builds a dict of float32 `[B, T]` terms and a dict of mergeable statistics, then
-calls `finish`, which adds the guidance term (every method gets it when prefix tokens exist),
+calls `finish`, which adds the guidance term (every method gets it when prefix tokens exist)
+and the KL anchor to the starting student (when the trainer passes its log-probs),
 sums each term, divides by the step-wide normalizer and turns the statistics into floats with
 one device sync.
 """
@@ -13,6 +14,7 @@ import math
 import torch
 from torch import Tensor
 
+from .anchor import anchor_stats, anchor_token_loss
 from .config import LossConfig
 from .guidance import guidance_stats, guidance_token_loss
 from .inputs import LossInputError, LossInputs
@@ -46,6 +48,9 @@ def finish(
     # An all-masked step has nothing to divide; its sums are exactly 0, so 1 keeps them 0.
     denominator = max(float(normalizer), 1.0)
     terms = {**terms, "guidance": guidance_token_loss(inputs, cfg)}
+    if inputs.start_logprobs_B_T is not None:  # the KL anchor: only while its weight is on
+        terms["anchor"] = anchor_token_loss(inputs)
+        stats = {**stats, **anchor_stats(inputs)}
     sums = {name: term_B_T.sum() for name, term_B_T in terms.items()}
     loss = torch.stack(list(sums.values())).sum() / denominator
     metric_tensors = {

@@ -108,12 +108,17 @@ def test_cli_run_trains_logs_checkpoints_and_plots(teacher: ServerHandle, tmp_pa
 
 @pytest.mark.slow
 def test_resume_equals_straight_run(teacher: ServerHandle, tmp_path: Path) -> None:
-    """4 straight steps == 2 steps, a fresh process state, resume, 2 more (losses and weights)."""
+    """4 straight steps == 2 steps, a fresh process state, resume, 2 more (losses and weights),
+    with a learning-rate warm-up and a decaying KL anchor to the start running across the resume
+    (both follow the step; the anchor is the student as loaded from student.path)."""
     common = [
         *SMALL,
         f"teacher.target={teacher.target}",
         "train.checkpoint_every=2",
         "loss.method=tropd",
+        "optim.warmup_steps=3",
+        "loss.anchor_kl=0.5",
+        "loss.anchor_decay_steps=3",
     ]
     straight = tmp_path / "straight"
     split = tmp_path / "split"
@@ -142,6 +147,13 @@ def test_resume_equals_straight_run(teacher: ServerHandle, tmp_path: Path) -> No
         ]
 
     assert losses(split) == losses(straight)
+    rows = [r for r in read_metrics(split / "metrics.jsonl") if "loss/total" in r]
+    lr = load_config(REPO / "configs/demo.yaml", []).optim.lr
+    assert [r["train/lr"] for r in rows] == pytest.approx([lr / 3, 2 * lr / 3, lr, lr])
+    assert [r["train/anchor_coef"] for r in rows] == pytest.approx([0.5, 1 / 3, 1 / 6, 0.0])
+    assert [("loss/anchor" in r) for r in rows] == [True, True, True, False]
+    # At step 1 the student is its start: the K1 distance is rounding only, then it walks away.
+    assert abs(rows[0]["train/anchor_kl"]) < 1e-4 < abs(rows[2]["train/anchor_kl"])
     a = load_file(straight / "checkpoints/step-000004/model.safetensors")
     b = load_file(split / "checkpoints/step-000004/model.safetensors")
     assert a.keys() == b.keys()
