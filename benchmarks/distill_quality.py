@@ -144,7 +144,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="results folder")
     p.add_argument("--runs", type=Path, help="per-run folders (default runs/bench/...)")
     p.add_argument("--from-json", type=Path, help="only redraw the report from a results.json")
-    p.add_argument("--from-runs", type=Path, help="only redraw the report from run folders")
+    p.add_argument(
+        "--from-runs",
+        type=Path,
+        help="only redraw the report from run folders (with --from-json: its runs and these)",
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="extra trainer overrides")
     return p.parse_args(argv)
 
@@ -266,6 +270,12 @@ def records_from_runs(runs: Path) -> list[dict[str, Any]]:
     return records
 
 
+def merge_records(saved: list[dict[str, Any]], fresh: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A saved report's runs (`--from-json`) and run folders (`--from-runs`) in one list; a run
+    in both (same setting, method and seed) is taken from its folder."""
+    return list({(r["setting"], r["method"], r["seed"]): r for r in [*saved, *fresh]}.values())
+
+
 def _accs(series: dict[str, list[list[float]]]) -> str:
     acc = series["eval/accuracy"]
     return f"acc {acc[0][1]:.3f} -> {acc[-1][1]:.3f}" if acc else "no eval"
@@ -321,12 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.runs or REPO_ROOT / "runs" / "bench" / f"distill_quality{suffix}"
     out.mkdir(parents=True, exist_ok=True)
     runs.mkdir(parents=True, exist_ok=True)
-    if args.from_json:
-        saved = json.loads(args.from_json.read_text())
-        write_report(saved["runs"], saved["meta"], out)
-        return 0
-    if args.from_runs:
-        meta = {
+    if args.from_json or args.from_runs:  # redraw the report only
+        saved = json.loads(args.from_json.read_text()) if args.from_json else {"runs": []}
+        fresh = records_from_runs(args.from_runs) if args.from_runs else []
+        meta = saved.get("meta") if not fresh else {
             "quick": args.quick,
             "wall_s": float("nan"),
             "workers": args.workers,
@@ -335,8 +343,8 @@ def main(argv: list[str] | None = None) -> int:
             "overrides": args.overrides,
             "command": _command(),
             "load_average": None,
-        }
-        write_report(records_from_runs(args.from_runs), meta, out)
+        }  # fmt: skip
+        write_report(merge_records(saved["runs"], fresh), meta, out)
         return 0
     t0 = time.time()
     deadline = t0 + 60 * args.deadline_min if args.deadline_min else None

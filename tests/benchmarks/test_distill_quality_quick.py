@@ -80,6 +80,23 @@ def test_from_runs_rebuilds_the_report(tmp_path: Path) -> None:
     assert cell["grad_norm_mean"] == 2.5 and cell["collapsed"] == 1  # 0.2 < half of 0.5
     assert math.isclose(cell["start"][0], 0.5)
 
+    # A later sweep's folders join the saved report: a new cell, and a rerun replacing its run.
+    later = tmp_path / "later"
+    for setting, final in (("default", 0.4), ("matched", 0.6)):
+        again = later / setting / "opd" / "seed0"
+        again.mkdir(parents=True)
+        (again / "config.yaml").write_text("train:\n  steps: 2\n")
+        (again / "metrics.jsonl").write_text("".join(
+            json.dumps({**r, "eval/accuracy": final} if r["step"] == 2 and "eval/accuracy" in r
+                       else r) + "\n" for r in rows))  # fmt: skip
+    merged = tmp_path / "merged"
+    cmd = [sys.executable, str(BENCHMARK), "--from-json", str(out / "results.json"),
+           "--from-runs", str(later), "--out", str(merged)]  # fmt: skip
+    subprocess.run(cmd, check=True, timeout=300)
+    summary = json.loads((merged / "results.json").read_text())["summary"]
+    assert summary["default"]["opd"]["final"][0] == 0.4
+    assert summary["matched"]["opd"]["final"][0] == 0.6
+
 
 def test_long_settings_use_the_long_world() -> None:
     """`--settings long long-strong` distill the long world's students from its own teacher."""

@@ -20,6 +20,7 @@ from tropd.trainer.config import OptimConfig
 from tropd.trainer.losses import LossConfig
 from tropd.trainer.precision import Precision
 from tropd.trainer.setup import enable_checkpointing
+from tropd.trainer.start_anchor import Anchor
 from tropd.trainer.update import apply_update
 from tropd.trainer.world import builtin_world_dir
 
@@ -173,3 +174,39 @@ def test_trained_tokens_count_every_response_token_prefix_included() -> None:
                       finish_reason="length"),
     ]
     assert trained_tokens(sequences) == 5
+
+
+def test_anchor_reads_the_frozen_start_at_the_sampled_tokens() -> None:
+    """The KL anchor's gradient (`loss.anchor_kl`), at Qwen3's real vocabulary: the update with
+    the anchor minus the update without it equals the gradient of the anchor term computed here
+    from a plain full-vocabulary forward of each row (no padding, no chunking) of both models."""
+    vocab, beta = 151_936, 0.7
+    student = _tiny_qwen3(vocab)
+    torch.manual_seed(1)
+    start = AutoModelForCausalLM.from_config(student.config).requires_grad_(False)
+    sequences, scores = _rollouts(vocab, n=4)
+
+    def grads(anchor: Anchor | None) -> tuple[list[torch.Tensor], dict[str, float]]:
+        optimizer = _KeepGrads(student.parameters())
+        result = apply_update(student, optimizer, sequences, scores, LossConfig(method="opd"),
+                              OptimConfig(grad_clip=1e9), torch.Generator().manual_seed(1),
+                              pad_id=0, anchor=anchor)  # fmt: skip
+        return optimizer.grads, result.metrics
+
+    plain, _ = grads(None)
+    anchored, metrics = grads(Anchor(start, beta))
+    assert metrics["loss_anchor"] != 0.0 and "loss_anchor" not in grads(Anchor(start, 0.0))[1]
+    student.zero_grad()
+    reference = torch.zeros(())
+    for seq in sequences:
+        ids = torch.as_tensor(seq.ids)[None]
+        n = seq.response_len
+        lp_s = torch.log_softmax(student(ids).logits[0, -n - 1 : -1], -1)
+        lp_0 = torch.log_softmax(start(ids).logits[0, -n - 1 : -1], -1)
+        response = ids[0, -n:]
+        reward = beta * (lp_0.gather(-1, response[:, None])[:, 0]
+                         - torch.as_tensor(seq.behavior_logprobs))  # fmt: skip
+        reference = reference - (reward.detach() * lp_s.gather(-1, response[:, None])[:, 0]).sum()
+    (reference / trained_tokens(sequences)).backward()
+    for with_anchor, without, p in zip(anchored, plain, student.parameters(), strict=True):
+        torch.testing.assert_close(with_anchor - without, p.grad, atol=1e-5, rtol=1e-4)
