@@ -191,6 +191,23 @@ def _train(job: dict[str, Any]) -> list[float]:
     return accs
 
 
+def plan_jobs(args: argparse.Namespace, deadline: float | None) -> list[dict[str, Any]]:
+    """One job per (setting, seed): its recipe, its world's student and teacher, its run folder."""
+    return [
+        {
+            "setting": setting,
+            "seed": seed,
+            "config": str(BENCH_CONFIGS / f"{setting}.yaml"),
+            "overrides": [*_student(setting), *args.overrides],
+            "teacher": teacher_model(setting),
+            "run_dir": str(args.runs / setting / METHOD / f"seed{seed}"),
+            "deadline": deadline,
+        }
+        for setting in args.settings
+        for seed in args.seeds
+    ]
+
+
 def _student(setting: str) -> list[str]:
     """The override pointing the recipe at its world's student (none on the built-in world)."""
     return [f"student.path={WORLDS[setting][1]}"] if setting in WORLDS else []
@@ -199,20 +216,7 @@ def _student(setting: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.time()
-    deadline = t0 + 60 * args.deadline_min if args.deadline_min else None
-    jobs = [
-        {
-            "setting": setting,
-            "seed": seed,
-            "config": str(BENCH_CONFIGS / f"{setting}.yaml"),
-            "overrides": _student(setting) + list(args.overrides),
-            "teacher": teacher_model(setting),
-            "run_dir": str(args.runs / setting / METHOD / f"seed{seed}"),
-            "deadline": deadline,
-        }
-        for setting in args.settings
-        for seed in args.seeds
-    ]
+    jobs = plan_jobs(args, t0 + 60 * args.deadline_min if args.deadline_min else None)
     with mp.get_context("spawn").Pool(args.workers) as pool:
         results = pool.map(run_one, jobs, chunksize=1)
     print(json.dumps({"wall_s": round(time.time() - t0, 1), "runs": results}))

@@ -123,3 +123,19 @@ def test_long_settings_use_the_long_world() -> None:
     manifest = load_manifest(dq.LONG_WORLD)
     assert manifest.task.config.digits == 12 and manifest.task.max_new_tokens == 122
     assert sorted(manifest.models) == ["student", "student-strong", "teacher"]
+
+
+def test_trl_peer_plans_the_same_worlds() -> None:
+    """The TRL row (its own environment; not run here) trains each setting's student from its
+    world's teacher, exactly as the tropd rows do."""
+    sys.path.insert(0, str(BENCHMARK.parent))
+    import distill_quality as dq
+    import trl_peer
+
+    args = trl_peer.parse_args(["--settings", "default", "long", "--seeds", "1"])
+    default, long = trl_peer.plan_jobs(args, None)
+    assert default["teacher"] == "builtin:teacher" and default["overrides"] == []
+    assert long["teacher"] == str(dq.LONG_WORLD / "teacher")
+    assert long["overrides"] == [f"student.path={dq.LONG_WORLD / 'student'}"]
+    assert long["config"].endswith("long.yaml")
+    assert long["run_dir"].endswith("long/trl_dense_rkl/seed1")
