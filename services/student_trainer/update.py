@@ -75,8 +75,9 @@ class _Reader:
 def _student_side(
     reader: _Reader, mb: MicroBatch, read_topk: bool = True
 ) -> dict[str, torch.Tensor]:
-    """Student log-probs of the response tokens (with grad), at the teacher's top-k (unless not
-    `read_topk`), and entropy, as [B, T] (and [B, T, K]) tensors, zero on padding."""
+    """Student log-probs of the response tokens (with grad), entropy, and with `read_topk` the
+    log-probs at the teacher's top-k and own top-C ids, as [B, T] (and [B, T, K]) tensors, zero
+    on padding."""
     device = reader.device
     hidden_B_L_D = reader.hidden(
         input_ids=mb.ids_B_L.to(device), attention_mask=mb.attention_B_L.to(device)
