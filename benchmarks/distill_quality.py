@@ -100,11 +100,17 @@ METHODS: dict[str, list[str]] = {
     "tropd_warmup": [*_ISSUE20_DEFAULT, "optim.warmup_steps=10"],
     "tropd_anchor": [*_ISSUE20_DEFAULT, "loss.anchor_kl=1.0", "loss.anchor_decay_steps=50"],
     "tropd_guided": [*_ISSUE20_DEFAULT, "guidance.fraction=0.5", "loss.beta_guidance=1.0"],
+    # and its third round.
+    "tropd_anchor20": [*_ISSUE20_DEFAULT, "loss.anchor_kl=1.0", "loss.anchor_decay_steps=20"],
+    "tropd_warmup_anchor20": [
+        *_ISSUE20_DEFAULT, "loss.anchor_kl=1.0", "loss.anchor_decay_steps=20",
+        "optim.warmup_steps=10",
+    ],  # fmt: skip
 }
 BASELINES = ("clip", "mask", "fkl_topk", "jsd", "eopd", "entropy_top20")
 SENSITIVITY = ("surprise_c1", "surprise_c4", "surprise_s0_2", "surprise_s0_8")
 ISSUE20 = ("rkl_topk", "tropd_rkl", "rkl_topk_floor", "tropd_seqtrust", "tropd_warmup",
-           "tropd_anchor", "tropd_guided")  # fmt: skip
+           "tropd_anchor", "tropd_guided", "tropd_anchor20", "tropd_warmup_anchor20")  # fmt: skip
 DEFAULT_WORLD_METHODS = tuple(m for m in METHODS if m not in (*SENSITIVITY, *ISSUE20))
 # Other settings, in priority order (a deadline cuts from the end); "best" = the best baseline.
 OTHER_METHODS = (
