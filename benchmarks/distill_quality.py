@@ -67,6 +67,7 @@ SERIES = (
 _TROPD = ["loss.method=tropd", "loss.outlier=topk_fkl", "loss.outlier_weighting=none"]
 # Today's default (issue 8), spelled out, as issue 20's candidates modify it.
 _ISSUE20_DEFAULT = [*_TROPD[:2], "loss.outlier_weighting=surprise"]
+_RKL_TOPK = ["loss.method=rkl_topk", "loss.student_topk=16"]
 # Every variant spells out its loss fields, so results do not move when trainer defaults change.
 METHODS: dict[str, list[str]] = {
     "opd": ["loss.method=opd"],
@@ -92,9 +93,9 @@ METHODS: dict[str, list[str]] = {
     "surprise_s0_2": [*_TROPD[:2], "loss.outlier_weighting=surprise", "loss.surprise_s0=2"],
     "surprise_s0_8": [*_TROPD[:2], "loss.outlier_weighting=surprise", "loss.surprise_s0=8"],
     # issue 20's candidates (the student's own top-16 scored by the teacher as candidates).
-    "rkl_topk": ["loss.method=rkl_topk", "loss.student_topk=16"],
+    "rkl_topk": _RKL_TOPK,
     "tropd_rkl": [*_ISSUE20_DEFAULT, "loss.trust_signal=rkl_topk", "loss.student_topk=16"],
-    "rkl_topk_floor": ["loss.method=rkl_topk", "loss.student_topk=16", "loss.rkl_floor=-5"],
+    "rkl_topk_floor": [*_RKL_TOPK, "loss.rkl_floor=-5"],
     "tropd_seqtrust": [*_ISSUE20_DEFAULT, "loss.sequence_trust=true"],
     # issue 20's second round (pre-registered in docs/results.md before any run).
     "tropd_warmup": [*_ISSUE20_DEFAULT, "optim.warmup_steps=10"],
@@ -103,14 +104,20 @@ METHODS: dict[str, list[str]] = {
     # and its third round.
     "tropd_anchor20": [*_ISSUE20_DEFAULT, "loss.anchor_kl=1.0", "loss.anchor_decay_steps=20"],
     "tropd_warmup_anchor20": [
-        *_ISSUE20_DEFAULT, "loss.anchor_kl=1.0", "loss.anchor_decay_steps=20",
+        *_ISSUE20_DEFAULT,
+        "loss.anchor_kl=1.0",
+        "loss.anchor_decay_steps=20",
         "optim.warmup_steps=10",
-    ],  # fmt: skip
+    ],
+    # and its fourth.
+    "tropd_rkl_plain": [*_TROPD, "loss.trust_signal=rkl_topk", "loss.student_topk=16"],
+    "rkl_topk_seqtrust": [*_RKL_TOPK, "loss.sequence_trust=true"],
 }
 BASELINES = ("clip", "mask", "fkl_topk", "jsd", "eopd", "entropy_top20")
 SENSITIVITY = ("surprise_c1", "surprise_c4", "surprise_s0_2", "surprise_s0_8")
 ISSUE20 = ("rkl_topk", "tropd_rkl", "rkl_topk_floor", "tropd_seqtrust", "tropd_warmup",
-           "tropd_anchor", "tropd_guided", "tropd_anchor20", "tropd_warmup_anchor20")  # fmt: skip
+           "tropd_anchor", "tropd_guided", "tropd_anchor20", "tropd_warmup_anchor20",
+           "tropd_rkl_plain", "rkl_topk_seqtrust")  # fmt: skip
 DEFAULT_WORLD_METHODS = tuple(m for m in METHODS if m not in (*SENSITIVITY, *ISSUE20))
 # Other settings, in priority order (a deadline cuts from the end); "best" = the best baseline.
 OTHER_METHODS = (
