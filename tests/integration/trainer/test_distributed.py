@@ -118,7 +118,8 @@ def test_two_ranks_with_half_the_prompts_equal_one_rank_with_all(
 ) -> None:
     """One rank against two, for DDP and for FSDP2 (one rank: the two agree bitwise, so one
     reference serves both), with micro-batches of 3 rollouts (3 per step on one rank, 2 on each
-    of two: the ranks' forward counts are evened out); entropy_top20's step-wide cut likewise.
+    of two: the ranks' forward counts are evened out); entropy_top20's step-wide cut with the KL
+    anchor and warm-up likewise.
     Then a two-rank checkpoint refuses to resume in one rank."""
     mb3 = "optim.micro_batch_size=3"
     w0 = load_file(student / "model.safetensors")
@@ -130,10 +131,16 @@ def test_two_ranks_with_half_the_prompts_equal_one_rank_with_all(
         # keep_best across ranks: rank 0 wrote the whole (gathered) student, not its shard.
         best = load_file(tmp_path / parallel / "best" / "model.safetensors")
         assert {k: v.shape for k, v in best.items()} == {k: v.shape for k, v in w0.items()}
-    top20 = ("train.steps=3", mb3, "loss.method=entropy_top20")
+    # The step-wide pieces beside the loss, in one more pair: the entropy cut, the KL anchor
+    # (its frozen start is a plain module on each rank, outside FSDP2) and the warm-up.
+    top20 = ("train.steps=3", mb3, "loss.method=entropy_top20", "loss.anchor_kl=0.5",
+             "optim.warmup_steps=2")  # fmt: skip
     _train(1, "fsdp", tmp_path / "one-top20", teacher, student, *top20)
     _train(2, "fsdp", tmp_path / "two-top20", teacher, student, *top20)
     _assert_same_run(tmp_path / "one-top20", tmp_path / "two-top20", w0, "entropy_top20")
+    anchored = [r for r in read_metrics(tmp_path / "two-top20" / "metrics.jsonl")
+                if "loss/anchor" in r]  # fmt: skip
+    assert len(anchored) == 3 and anchored[-1]["train/anchor_kl"] != 0.0
 
     proc = _torchrun(1, "fsdp", tmp_path / "fsdp", teacher, student, "train.steps=4", mb3)
     out, _ = proc.communicate(timeout=240)
