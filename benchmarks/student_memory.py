@@ -3,6 +3,7 @@ against the chunked one, on tiny random Qwen3s of real vocabulary sizes (no down
 
     .venv/bin/python benchmarks/student_memory.py             # full grid, ~15 min on 2 CPU cores
     .venv/bin/python benchmarks/student_memory.py --quick     # smoke run (tests use it)
+    .venv/bin/python benchmarks/student_memory.py --anchor    # loss.anchor_kl's cost, ~5 min
     python benchmarks/student_memory.py --gpu-check            # on a CUDA host: Qwen3-1.7B shape
 
 Every measurement runs in a fresh process. "Extra" is the peak beyond what the process held just
@@ -66,6 +67,7 @@ class Case:
     kv_heads: int = 2
     head_dim: int = 16
     intermediate: int = 128
+    anchor: bool = False  # update: with `loss.anchor_kl`'s frozen start (`--anchor`)
 
     def old_estimate_bytes(self) -> float:
         """The old path's peak, roughly: ~3.5 float32 [rows, tokens, V] tensors (update: logits,
@@ -185,6 +187,7 @@ def measure_update(case: Case, meter: Meter) -> dict[str, Any]:
     from tropd.trainer.losses import LossConfig
     from tropd.trainer.precision import Precision
     from tropd.trainer.setup import enable_checkpointing
+    from tropd.trainer.start_anchor import Anchor
 
     precision = Precision.of(case.compute_dtype, case.device)
     model = random_qwen3(case)
@@ -199,26 +202,33 @@ def measure_update(case: Case, meter: Meter) -> dict[str, Any]:
         update._student_side = old_student_side  # type: ignore[assignment]
     optim = OptimConfig(micro_batch_size=case.rows)
     loss = LossConfig(method="tropd", topk=64)
+    # The frozen start of `loss.anchor_kl` (its weights are held before the call, like the
+    # student's; reported as `anchor_weights_mib`).
+    anchor = Anchor(random_qwen3(case).requires_grad_(False), 1.0) if case.anchor else None
     # Warm-up: the same update at lr 0 first, so the measured one pays no first-call costs
     # (lazy imports, oneDNN kernels built per shape) and both paths are timed warm.
     lr = optimizer.param_groups[0]["lr"]
     optimizer.param_groups[0]["lr"] = 0.0
     update.apply_update(model, optimizer, sequences, scores, loss, optim,
-                        torch.Generator().manual_seed(1), 0, precision=precision)  # fmt: skip
+                        torch.Generator().manual_seed(1), 0, precision=precision,
+                        anchor=anchor)  # fmt: skip
     optimizer.param_groups[0]["lr"] = lr
     for p in model.parameters():  # the gradients exist again, as in training
         p.grad = torch.zeros_like(p)
     args = (model, optimizer, sequences, scores, loss, optim, torch.Generator().manual_seed(1), 0)
     meter.start()
     t0, c0 = time.perf_counter(), time.process_time()
-    result = update.apply_update(*args, precision=precision)
+    result = update.apply_update(*args, precision=precision, anchor=anchor)
     if case.device == "cuda":
         torch.cuda.synchronize()
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     extra = meter.extra()
     return {"extra_mib": extra / MiB, "seconds": seconds, "cpu_seconds": cpu_seconds,
             "tokens_per_cpu_s": sum(q.response_len for q in sequences) / cpu_seconds,
-            "applied": result.applied}  # fmt: skip
+            "applied": result.applied,
+            "anchor_weights_mib": 0.0 if anchor is None else sum(
+                p.numel() * p.element_size() for p in anchor.model.parameters()) / MiB,
+            }  # fmt: skip
 
 
 def old_rollout(model: Any, contexts: list[list[int]], new_tokens: int, eos: int) -> Any:
@@ -469,6 +479,27 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def anchor_cost(quick: bool, out: Path, timeout_s: float) -> None:
+    """The KL anchor's price (`loss.anchor_kl`): one update with and without its frozen start,
+    side by side in fresh processes, at Qwen3's vocabulary (V=4k, 64 tokens when quick)."""
+    shapes = [(4096, 64)] if quick else [(VOCABS["152k"], 512), (VOCABS["152k"], 2048)]
+    rows = []
+    for vocab, tokens in shapes:
+        off, on = (run_case(Case("update", "new", vocab, tokens, rows=2 if quick else 8,
+                                 anchor=anchor), 0.0, timeout_s)
+                   for anchor in (False, True))  # fmt: skip
+        ratios = {key: on[key] / off[key] for key in ("extra_mib", "cpu_seconds")
+                  if key in on and key in off and off[key]}  # fmt: skip
+        rows.append({"vocab": vocab, "tokens": tokens, "off": off, "on": on, "on_over_off": ratios})
+        print(f"  V={vocab} T={tokens}: anchor on / off = "
+              + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items())
+              + f"; the frozen start holds {on.get('anchor_weights_mib', 0):.0f} MiB of weights")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"benchmark": "anchor_cost", "command": "python " + " ".join(
+        sys.argv), "device": "cpu", "rows": rows}, indent=2) + "\n")  # fmt: skip
+    print(f"wrote {out}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -482,12 +513,17 @@ def main() -> None:
     p.add_argument("--gpu-check", action="store_true",
                    help="Qwen3-1.7B-shaped student on CUDA: one update, one rollout, MFU")
     p.add_argument("--smoke", action="store_true", help="with --gpu-check: tiny shapes on CPU")
+    p.add_argument("--anchor", action="store_true",
+                   help="the cost of loss.anchor_kl: one update with and without the frozen start")
     args = p.parse_args()
     if args.child:
         child_main(args.child)
         return
     if args.gpu_check:
         sys.exit(gpu_check(args.smoke, args.out))
+    if args.anchor:
+        anchor_cost(args.quick, args.out or RESULTS / "anchor_cost.json", args.timeout_s)
+        return
     import torch
 
     name = "student_memory_quick" if args.quick else "student_memory"

@@ -29,3 +29,13 @@ def test_gpu_check_rehearses_on_cpu(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert result["update"]["applied"] and result["update"]["model_flops"] > 0
     assert result["rollout"]["generated_tokens"] > 0
+
+
+def test_anchor_cost_measures_the_update_with_and_without_the_frozen_start(tmp_path: Path) -> None:
+    out = tmp_path / "anchor.json"
+    subprocess.run([sys.executable, str(SCRIPT), "--anchor", "--quick", "--out", str(out)],
+                   check=True, timeout=600)  # fmt: skip
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["off"]["anchor_weights_mib"] == 0 < row["on"]["anchor_weights_mib"]
+    assert row["off"]["applied"] and row["on"]["applied"]
+    assert set(row["on_over_off"]) == {"extra_mib", "cpu_seconds"}
