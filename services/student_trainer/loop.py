@@ -45,7 +45,6 @@ from tropd.trainer.score_stream import ScoreStream
 from tropd.trainer.setup import (
     Data,
     Student,
-    Teacher,
     drafts_source,
     load_data,
     load_student,
@@ -56,6 +55,7 @@ from tropd.trainer.setup import (
 from tropd.trainer.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
 from tropd.trainer.start_anchor import StartAnchor, load_start_anchor
 from tropd.trainer.stopping import OutageLog, RngAtStep, StopFlag, teacher_failure
+from tropd.trainer.teacher_link import Teacher
 from tropd.trainer.update import apply_update, set_learning_rate
 
 log = logging.getLogger(__name__)
