@@ -101,8 +101,9 @@ def train(cfg: RunConfig) -> RunResult:
     if latest is None:
         torch.manual_seed(cfg.train.seed)  # rollouts sample from the global torch RNG
     else:
-        state = (load_sharded_checkpoint(latest, ranks, optimizer) if ranks.distributed
-                 else load_checkpoint(latest, student.model, optimizer))  # fmt: skip
+        scaler = student.precision.scaler  # float16's loss scale goes on where it was
+        state = (load_sharded_checkpoint(latest, ranks, optimizer, scaler) if ranks.distributed
+                 else load_checkpoint(latest, student.model, optimizer, scaler=scaler))  # fmt: skip
         sampler.restore(state.data_state)
         start_step = state.step
         log.info("resumed from %s (step %d)", latest, start_step)
@@ -145,10 +146,12 @@ def train(cfg: RunConfig) -> RunResult:
         if ranks.distributed:  # every rank writes its shards; rank 0 the export and the rename
             save_sharded_checkpoint(run_dir, step, ranks, student.model, student.tokenizer,
                                     optimizer, state, cfg.model_dump(mode="json"),
-                                    keep_last=cfg.train.keep_last)  # fmt: skip
+                                    keep_last=cfg.train.keep_last,
+                                    scaler=student.precision.scaler)  # fmt: skip
         else:
             save_checkpoint(run_dir, step, student.model, student.tokenizer, optimizer, state,
-                            cfg.model_dump(mode="json"), keep_last=cfg.train.keep_last)  # fmt: skip
+                            cfg.model_dump(mode="json"), keep_last=cfg.train.keep_last,
+                            scaler=student.precision.scaler)  # fmt: skip
         status.mark_checkpoint(step)
 
     stop = StopFlag()
