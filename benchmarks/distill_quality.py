@@ -201,7 +201,8 @@ def start_teacher(log_path: Path, model: str = BUILTIN_TEACHER) -> LocalTeacher:
     """A teacher service the jobs of its world share (the demo's pattern), ready to answer."""
     from tropd.teacher.client import TeacherClient
     from tropd.trainer.local_teacher import start_local_teacher
-    from tropd.trainer.setup import resolve_model_path, wait_for_teacher
+    from tropd.trainer.setup import resolve_model_path
+    from tropd.trainer.teacher_link import wait_for_teacher
 
     teacher = start_local_teacher(resolve_model_path(model), log_path)
     try:

@@ -43,7 +43,8 @@ import numpy as np
 
 from tropd.teacher.client import TeacherClient
 from tropd.trainer.local_teacher import LocalTeacher, start_local_teacher
-from tropd.trainer.setup import resolve_model_path, wait_for_teacher
+from tropd.trainer.setup import resolve_model_path
+from tropd.trainer.teacher_link import wait_for_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -4,6 +4,7 @@ Layout of `<run_dir>/checkpoints/step-000010/`:
   config.json, model.safetensors, tokenizer*   the student in HF format (`from_pretrained(dir)`)
   optimizer.pt                                 `optimizer.state_dict()`
   rng.pt                                       python, numpy, torch CPU/CUDA, named generators
+  scaler.pt                                    float16 runs only: the loss scale's state
   train_state.json                             step, training seconds so far, data position
   train_config.yaml                            the resolved trainer config
   meta.json                                    written last: sizes of every file, weights sha256
@@ -41,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
 META_FILE = "meta.json"
+SCALER_FILE = "scaler.pt"
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 _TMP_PREFIX = ".tmp-"
 _HASH_CHUNK = 1 << 20
@@ -78,6 +80,7 @@ def save_checkpoint(
     config: Mapping[str, Any],
     keep_last: int | None = 3,
     generators: Mapping[str, torch.Generator] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> Path:
     """Write `<run_dir>/checkpoints/step-NNNNNN/` atomically and prune old checkpoints.
 
@@ -95,6 +98,8 @@ def save_checkpoint(
         config: the resolved trainer config, YAML-serialisable (plain types only).
         keep_last: keep this many newest checkpoints (None keeps all).
         generators: named `torch.Generator`s whose states are saved with the global RNGs.
+        scaler: float16's loss scaler (`Precision.scaler`), whose scale and growth tracker are
+            saved so a resumed run scales its loss as the straight run would.
     Returns:
         The checkpoint folder.
     Raises:
@@ -124,6 +129,7 @@ def save_checkpoint(
         tokenizer.save_pretrained(tmp)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(_capture_rng(generators or {}), tmp / "rng.pt")
+        save_scaler(tmp, scaler)
         (tmp / "train_state.json").write_text(train_state)
         (tmp / "train_config.yaml").write_text(config_yaml)
         _write_meta(tmp, step, state.elapsed_s, type(model).__name__)
@@ -230,14 +236,18 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     generators: Mapping[str, torch.Generator] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> TrainState:
-    """Restore weights (in place), optimizer and RNG states; return the step and data position.
+    """Restore weights (in place), optimizer, RNG and loss-scale states; return the step and
+    data position.
 
     Args:
         path: a checkpoint folder (e.g. from `find_latest_checkpoint`).
         model: the student, built with the same architecture; its parameters are overwritten.
         optimizer: built over `model`'s parameters with the same groups (None skips it).
         generators: named `torch.Generator`s to restore, as passed to `save_checkpoint`.
+        scaler: float16's loss scaler, restored in place (a checkpoint without one leaves it at
+            its initial scale, with a warning).
     Returns:
         The saved TrainState.
     Raises:
@@ -256,6 +266,7 @@ def load_checkpoint(
     _restore_rng(
         torch.load(path / "rng.pt", map_location="cpu", weights_only=True), generators or {}
     )
+    load_scaler(path, scaler)
     saved = json.loads((path / "train_state.json").read_text())
     logger.info("resumed from %s (step %d)", path, saved["step"])
     return TrainState(saved["step"], saved["data_state"], saved["elapsed_s"])
@@ -296,6 +307,26 @@ def _copy_into(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], stri
         model.load_state_dict(tensors, strict=strict)
     except RuntimeError as e:  # shape mismatches and, with strict, key mismatches
         raise CheckpointError(f"weights do not fit {type(model).__name__}: {e}") from e
+
+
+def save_scaler(folder: Path, scaler: torch.amp.GradScaler | None) -> None:
+    """Write `scaler.pt` (the loss scale, growth tracker and factors) when float16 has one."""
+    if scaler is not None and scaler.is_enabled():
+        torch.save(scaler.state_dict(), folder / SCALER_FILE)
+
+
+def load_scaler(folder: Path, scaler: torch.amp.GradScaler | None) -> None:
+    """Restore `scaler` from `scaler.pt`; a checkpoint from before the scale was saved (or
+    from a float32/bfloat16 run) has none, and the scale restarts at its initial value."""
+    if scaler is None or not scaler.is_enabled():
+        return
+    if not (folder / SCALER_FILE).is_file():
+        logger.warning(
+            "%s holds no float16 loss scale (%s); it restarts at %g, and the first steps may "
+            "overflow and be skipped while it backs off", folder, SCALER_FILE, scaler.get_scale(),
+        )  # fmt: skip
+        return
+    scaler.load_state_dict(torch.load(folder / SCALER_FILE, map_location="cpu", weights_only=True))
 
 
 def rng_state() -> dict[str, Any]:

@@ -112,7 +112,8 @@ def _cmd_export_best(args: argparse.Namespace) -> int:
 def _cmd_generate_drafts(args: argparse.Namespace) -> int:
     from tropd.teacher.client import TeacherClient
     from tropd.trainer.guidance import DraftRequest, write_drafts
-    from tropd.trainer.setup import load_data, load_tokenizer, wait_for_teacher
+    from tropd.trainer.setup import load_data, load_tokenizer
+    from tropd.trainer.teacher_link import wait_for_teacher
 
     cfg = load_config(args.config, args.overrides)
     data = load_data(cfg, *load_tokenizer(cfg))

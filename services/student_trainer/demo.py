@@ -42,7 +42,8 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
 def _teacher_accuracy(target: str, cfg_path: str, overrides: list[str]) -> float:
     from tropd.teacher.client import TeacherClient
     from tropd.trainer.evaluate import evaluate_teacher
-    from tropd.trainer.setup import load_data, load_tokenizer, wait_for_teacher
+    from tropd.trainer.setup import load_data, load_tokenizer
+    from tropd.trainer.teacher_link import wait_for_teacher
 
     cfg = load_config(cfg_path, overrides)
     data = load_data(cfg, *load_tokenizer(cfg))

@@ -1,7 +1,7 @@
 """A teacher service as a local subprocess on free loopback ports (the demo and the benchmarks).
 
 Starts `python -m teacher.cli serve` and returns at once; callers wait for readiness with
-`student_trainer.setup.wait_for_teacher` (or their own client), and stop it with `stop()`.
+`teacher_link.wait_for_teacher` (or their own client), and stop it with `stop()`.
 """
 
 from __future__ import annotations

@@ -45,7 +45,6 @@ from tropd.trainer.score_stream import ScoreStream
 from tropd.trainer.setup import (
     Data,
     Student,
-    Teacher,
     drafts_source,
     load_data,
     load_student,
@@ -56,6 +55,7 @@ from tropd.trainer.setup import (
 from tropd.trainer.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
 from tropd.trainer.start_anchor import StartAnchor, load_start_anchor
 from tropd.trainer.stopping import OutageLog, RngAtStep, StopFlag, teacher_failure
+from tropd.trainer.teacher_link import Teacher
 from tropd.trainer.update import apply_update, set_learning_rate
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,9 @@ def train(cfg: RunConfig) -> RunResult:
     if latest is None:
         torch.manual_seed(cfg.train.seed)  # rollouts sample from the global torch RNG
     else:
-        state = (load_sharded_checkpoint(latest, ranks, optimizer) if ranks.distributed
-                 else load_checkpoint(latest, student.model, optimizer))  # fmt: skip
+        scaler = student.precision.scaler  # float16's loss scale goes on where it was
+        state = (load_sharded_checkpoint(latest, ranks, optimizer, scaler) if ranks.distributed
+                 else load_checkpoint(latest, student.model, optimizer, scaler=scaler))  # fmt: skip
         sampler.restore(state.data_state)
         start_step = state.step
         log.info("resumed from %s (step %d)", latest, start_step)
@@ -145,10 +146,12 @@ def train(cfg: RunConfig) -> RunResult:
         if ranks.distributed:  # every rank writes its shards; rank 0 the export and the rename
             save_sharded_checkpoint(run_dir, step, ranks, student.model, student.tokenizer,
                                     optimizer, state, cfg.model_dump(mode="json"),
-                                    keep_last=cfg.train.keep_last)  # fmt: skip
+                                    keep_last=cfg.train.keep_last,
+                                    scaler=student.precision.scaler)  # fmt: skip
         else:
             save_checkpoint(run_dir, step, student.model, student.tokenizer, optimizer, state,
-                            cfg.model_dump(mode="json"), keep_last=cfg.train.keep_last)  # fmt: skip
+                            cfg.model_dump(mode="json"), keep_last=cfg.train.keep_last,
+                            scaler=student.precision.scaler)  # fmt: skip
         status.mark_checkpoint(step)
 
     stop = StopFlag()

@@ -32,7 +32,7 @@ from transformers import GenerationConfig, PreTrainedModel
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
 from transformers.generation.continuous_batching import continuous_api
 
-from tropd.trainer.rollout import Completion, _max_positions
+from tropd.trainer.rollout import Completion, max_positions
 from tropd.trainer.rollout_engines import teacher_forced_logprobs
 
 GROUP_ROWS = 16  # finished rows per group handed back (and per log-prob recompute)
@@ -67,7 +67,7 @@ class PagedEngine:
             raise ValueError("the paged engine cannot seed each context's samples on its own")
         rows = [(c, list(ctx)) for c, ctx in enumerate(contexts)
                 for _ in range(samples_per_context)]  # fmt: skip
-        limit = _max_positions(model)
+        limit = max_positions(model)
         budgets = [min(max_new_tokens, limit - len(ctx)) for _, ctx in rows]
         if min(budgets) < 1:
             raise ValueError(f"a context of {max(len(ctx) for _, ctx in rows)} tokens leaves no "

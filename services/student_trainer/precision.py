@@ -24,8 +24,8 @@ class Precision:
 
     compute_dtype: torch.dtype = torch.float32
     device_type: str = "cpu"
-    # float16 only; its scale is not checkpointed: a resumed fp16 run restarts it at 2**16 and
-    # skips (and counts) the few steps that overflow while it backs off.
+    # float16 only; checkpointed with the run (checkpoint.save_scaler), so a resumed run goes on
+    # with the scale it had.
     scaler: torch.amp.GradScaler | None = field(default=None, compare=False)
 
     @classmethod

@@ -215,11 +215,11 @@ def _generate(
     top-`topk` ids of each step [B, N, C] (None when topk is 0)."""
     ids_B_L, mask_B_L = _left_pad(contexts, pad_id)
     # Never run past the model's position table (padded width counts).
-    room = _max_positions(model) - ids_B_L.shape[1]
+    room = max_positions(model) - ids_B_L.shape[1]
     if room < 1:
         raise ValueError(
             f"contexts of {ids_B_L.shape[1]} tokens leave no room in the model's "
-            f"{_max_positions(model)} positions"
+            f"{max_positions(model)} positions"
         )
     record = _SampledLogprobs(topk)
     processors: list[LogitsProcessor] = [_KeepRawLogits(record)]
@@ -334,7 +334,12 @@ def _neutral_knobs(model: PreTrainedModel, sampling: bool) -> dict[str, object]:
     return knobs
 
 
-def _max_positions(model: PreTrainedModel) -> int:
+def max_positions(model: PreTrainedModel) -> int:
+    """How many positions (context + new tokens) a row of `model` may hold: its config's
+    `max_position_embeddings` (GPT-2's `n_positions`), or 2**30 when it declares neither.
+
+    Every rollout engine refuses a context that leaves no room and stops new tokens here, since
+    running past a learned or cached position table fails or silently degrades."""
     config = model.config
     for name in ("max_position_embeddings", "n_positions"):
         value = getattr(config, name, None)

@@ -2,7 +2,7 @@
 data set's `domain` column) says which one grades each example's rollouts, `routing.default`
 takes examples without the field and writes guidance drafts.
 
-Each teacher is connected and checked like the single one (`setup.connect_teacher`: same
+Each teacher is connected and checked like the single one (`teacher_link.connect_teacher`: same
 tokenizer fingerprint and vocabulary as the student, the capabilities the loss needs, replicas
 that agree); a refusal names the teacher. A step groups its rollouts by teacher, grades each
 group (`grades.grade`, its requests in flight together), and puts the scores back in order.
@@ -21,8 +21,9 @@ from tropd.trainer.config import RunConfig
 from tropd.trainer.errors import SetupError
 from tropd.trainer.grades import Grades, grade
 from tropd.trainer.losses import LossConfig
-from tropd.trainer.setup import Data, Student, Teacher, connect_teacher
+from tropd.trainer.setup import Data, Student
 from tropd.trainer.tasks.base import Example
+from tropd.trainer.teacher_link import Teacher, connect_teacher
 
 log = logging.getLogger(__name__)
 

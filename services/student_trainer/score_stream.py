@@ -25,8 +25,8 @@ from tropd.trainer.batch import TrainSequence
 from tropd.trainer.grades import Grades, collect, scorer, split
 from tropd.trainer.losses import LossConfig
 from tropd.trainer.routing import grade_routed, route, teacher_metrics
-from tropd.trainer.setup import Teacher
 from tropd.trainer.tasks.base import Example
+from tropd.trainer.teacher_link import Teacher
 
 Rows = list[tuple[int, TrainSequence]]  # (row in the step's order, sequence)
 

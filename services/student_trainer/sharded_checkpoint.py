@@ -3,6 +3,8 @@ and optimizer as `torch.distributed.checkpoint` shards under `dcp/` (each rank w
 `rng-rank<r>.pt` per rank instead of rng.pt, and the HF export of the full model from rank 0;
 meta.json (written by rank 0 after every rank is done) also records the world size. Written and
 published with checkpoint.py's own helpers, so `find_latest_checkpoint` treats both alike.
+float16's loss scale (DDP only; config.py refuses float16 under FSDP) is one `scaler.pt` from
+rank 0: DDP averages gradients before they are unscaled, so every rank's scaler is the same.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from tropd.trainer.checkpoint import (
     _publish,
     _restore_rng,
     _write_meta,
+    load_scaler,
+    save_scaler,
     step_dir_name,
     verify_checkpoint,
 )
@@ -45,6 +49,7 @@ def save_sharded_checkpoint(
     state: TrainState,
     config: Mapping[str, Any],
     keep_last: int | None = 3,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> Path:
     """`save_checkpoint` across processes; every rank calls it at the same step boundary.
 
@@ -81,6 +86,7 @@ def save_sharded_checkpoint(
     if ranks.is_main:
         model.save_pretrained(tmp, state_dict=hf)
         tokenizer.save_pretrained(tmp)
+        save_scaler(tmp, scaler)
         (tmp / "train_state.json").write_text(json.dumps(
             {"step": step, "elapsed_s": state.elapsed_s, "data_state": state.data_state,
              "world_size": ranks.world, "parallel": ranks.parallel}, indent=1))  # fmt: skip
@@ -96,10 +102,13 @@ def save_sharded_checkpoint(
 
 
 def load_sharded_checkpoint(
-    path: Path | str, ranks: Ranks, optimizer: torch.optim.Optimizer
+    path: Path | str,
+    ranks: Ranks,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> TrainState:
-    """Restore a `save_sharded_checkpoint` into the wrapped student, its optimizer and this
-    rank's RNGs; every rank calls it.
+    """Restore a `save_sharded_checkpoint` into the wrapped student, its optimizer, this
+    rank's RNGs and float16's loss scaler; every rank calls it.
 
     Raises:
         CheckpointError: a corrupt checkpoint, or one written by another world size or
@@ -125,4 +134,5 @@ def load_sharded_checkpoint(
     _restore_rng(
         torch.load(path / f"rng-rank{ranks.rank}.pt", map_location="cpu", weights_only=True), {}
     )
+    load_scaler(path, scaler)
     return TrainState(saved["step"], saved["data_state"], saved["elapsed_s"])

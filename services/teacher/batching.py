@@ -49,6 +49,7 @@ class WorkItem:
     deadline: float | None = None  # caller's deadline; None = no deadline
     job: str = "anonymous"  # the job it runs as (teacher.auth.Job.name)
     weight: float = 1.0  # that job's weight when the item was admitted
+    batches_before: int = 0  # batches the scheduler had dispatched when the item was queued
 
     def dead(self, now: float) -> bool:
         """True when nobody wants the result any more: cancelled, resolved or past deadline."""

@@ -40,6 +40,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 _SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _TOKENS = tuple(float(2**i) for i in range(4, 21))  # 16 .. 1M
 _RATIO = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
+_BATCHES = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)
 
 
 JobLabel = Literal["name", "hash", "none"]
@@ -156,6 +157,14 @@ class TeacherMetrics:
             buckets=_SECONDS,
             registry=r,
         )
+        self.job_queue_wait_batches = Histogram(
+            "teacher_job_queue_wait_batches",
+            "Batches dispatched while a job's sequence waited (0: it rode the first one after "
+            "it arrived)",
+            ["job"],
+            buckets=_BATCHES,
+            registry=r,
+        )
         self.job_queue_tokens = Gauge(
             "teacher_job_queue_tokens", "Tokens of a job waiting for a batch", ["job"], registry=r
         )
@@ -201,6 +210,7 @@ class TeacherMetrics:
             wait = max(0.0, item.wait_s)
             self.queue_wait.labels(kind).observe(wait)
             self.job_queue_wait.labels(self.job(item.job)).observe(wait)
+            self.job_queue_wait_batches.labels(self.job(item.job)).observe(item.batches_ahead)
             self.job_served_tokens.labels(self.job(item.job)).inc(item.tokens)
             real_tokens += item.tokens
         self.batch_tokens.labels(kind).observe(padded_tokens)

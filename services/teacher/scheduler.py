@@ -63,11 +63,14 @@ class MonotonicClock:
 
 @dataclass(frozen=True)
 class Served:
-    """One sequence of a batch that is about to run: whose, how long it waited, its tokens."""
+    """One sequence of a batch that is about to run: whose, how long it waited, its tokens, and
+    how many batches were dispatched while it waited (0: it rides the first batch after it
+    arrived; a count, so fairness is checked without timing anything)."""
 
     job: str
     wait_s: float
     tokens: int
+    batches_ahead: int = 0
 
 
 class SchedulerHooks(Protocol):
@@ -266,7 +269,15 @@ class Scheduler:
             now = self._clock.now()
             items = [
                 WorkItem(
-                    kind, task, length, loop.create_future(), now, deadline, job.name, job.weight
+                    kind,
+                    task,
+                    length,
+                    loop.create_future(),
+                    now,
+                    deadline,
+                    job.name,
+                    job.weight,
+                    self._batches,
                 )
                 for task, length in zip(tasks, lengths, strict=True)
             ]
@@ -331,7 +342,8 @@ class Scheduler:
         kind = batch[0].kind
         now = self._clock.now()
         padded = padded_tokens(batch)
-        served = [Served(it.job, now - it.enqueued_at, it.length) for it in batch]
+        served = [Served(it.job, now - it.enqueued_at, it.length, self._batches - it.batches_before)
+                  for it in batch]  # fmt: skip
         self._hooks.on_batch(kind, served, padded)
         for item in batch:
             self._served[item.job] = self._served.get(item.job, 0) + item.length

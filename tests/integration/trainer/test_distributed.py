@@ -170,6 +170,27 @@ def test_resume_across_ranks_equals_a_straight_run(
     assert ".metadata" in shards and len(shards) >= 3  # one file per rank plus the metadata
 
 
+def test_ddp_float16_resume_goes_on_with_the_saved_loss_scale(
+    teacher: ServerHandle, student: Path, tmp_path: Path
+) -> None:
+    """DDP with float16: rank 0 saves the one loss scale (every rank's is the same after the
+    gradient all-reduce) and every rank resumes with it: a checkpoint whose scale had backed off
+    to 2**10 goes on at 2**10, not at the initial 2**16."""
+    fp16 = "student.compute_dtype=float16"
+    _train(2, "ddp", tmp_path, teacher, student, "train.steps=1", fp16)
+    first = tmp_path / "checkpoints/step-000001"
+    scale = torch.load(first / "scaler.pt", weights_only=True)
+    assert scale["scale"] in (2.0**16, 2.0**15)  # halved if this random student overflowed
+    torch.save({**scale, "scale": 2.0**10}, first / "scaler.pt")  # as if it had overflowed more
+    meta = json.loads((first / "meta.json").read_text())
+    meta["files"]["scaler.pt"] = (first / "scaler.pt").stat().st_size
+    (first / "meta.json").write_text(json.dumps(meta))
+    _train(2, "ddp", tmp_path, teacher, student, "train.steps=2", fp16)
+    resumed = torch.load(tmp_path / "checkpoints/step-000002/scaler.pt", weights_only=True)
+    skipped = [r["train/skipped"] for r in read_metrics(tmp_path / "metrics.jsonl")
+               if r["step"] == 2 and "train/skipped" in r]  # fmt: skip
+    assert resumed["scale"] == 2.0**10 * (0.5 if skipped == [1.0] else 1.0)
+
 def test_sigterm_to_the_launcher_checkpoints_every_rank(
     teacher: ServerHandle, student: Path, tmp_path: Path
 ) -> None:

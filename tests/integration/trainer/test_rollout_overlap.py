@@ -26,8 +26,8 @@ from tropd.trainer.rollout_engines import make_engine
 from tropd.trainer.routing import grade_routed
 from tropd.trainer.run_log import read_metrics
 from tropd.trainer.score_stream import ScoreStream
-from tropd.trainer.setup import Teacher
 from tropd.trainer.tasks.base import Example
+from tropd.trainer.teacher_link import Teacher
 from tropd.trainer.world import builtin_world_dir
 
 REPO = Path(__file__).resolve().parents[3]

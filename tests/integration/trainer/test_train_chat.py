@@ -28,7 +28,8 @@ from tropd.trainer.config import load_config
 from tropd.trainer.errors import SetupError
 from tropd.trainer.loop import train
 from tropd.trainer.run_log import read_metrics
-from tropd.trainer.setup import connect_teacher, drafts_source, load_data, load_student
+from tropd.trainer.setup import drafts_source, load_data, load_student
+from tropd.trainer.teacher_link import connect_teacher
 
 REPO = Path(__file__).resolve().parents[3]
 SYSTEM = "You are a careful math tutor."

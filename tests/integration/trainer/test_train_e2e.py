@@ -161,6 +161,28 @@ def test_resume_equals_straight_run(teacher: ServerHandle, tmp_path: Path) -> No
         assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.slow
+def test_float16_resume_goes_on_with_the_saved_loss_scale(
+    teacher: ServerHandle, tmp_path: Path
+) -> None:
+    """A resumed float16 run takes its loss scale from the checkpoint: one whose scale had backed
+    off to 2**10 goes on at 2**10, not at the initial 2**16."""
+    run_dir = tmp_path / "run"
+    common = [*SMALL, f"teacher.target={teacher.target}", f"train.run_dir={run_dir}",
+              "student.compute_dtype=float16", "train.eval_every=100"]  # fmt: skip
+    train(load_config(REPO / "configs/demo.yaml", [*common, "train.steps=1"]))
+    first = run_dir / "checkpoints/step-000001"
+    scale = torch.load(first / "scaler.pt", weights_only=True)
+    assert scale["scale"] == 2.0**16
+    torch.save({**scale, "scale": 2.0**10}, first / "scaler.pt")  # as if it had overflowed
+    meta = json.loads((first / "meta.json").read_text())
+    meta["files"]["scaler.pt"] = (first / "scaler.pt").stat().st_size
+    (first / "meta.json").write_text(json.dumps(meta))
+    train(load_config(REPO / "configs/demo.yaml", [*common, "train.steps=2"]))
+    resumed = torch.load(run_dir / "checkpoints/step-000002/scaler.pt", weights_only=True)
+    assert resumed["scale"] == 2.0**10
+    assert resumed["_growth_tracker"] == scale["_growth_tracker"] + 1  # one more finite step
+
 def test_unknown_config_key_exits_2() -> None:
     proc = _cli(["print-config", "--config", "configs/demo.yaml", "optim.lrr=1"])
     _, err = proc.communicate(timeout=60)

@@ -581,10 +581,34 @@ def test_a_light_closed_loop_job_rides_the_first_batch_after_it_arrives() -> Non
         flood_batches = sum(any(it.job == "flood" for it in b) for b in hooks.batches)
         assert flood_batches >= 100  # the flood was served throughout
         assert max(waits) == 1, waits
+        # What the scheduler reports (teacher_job_queue_wait_batches) says the same.
+        light_ahead = [s.batches_ahead for b in hooks.batches for s in b if s.job == "light"]
+        assert len(light_ahead) == 100 and set(light_ahead) == {0}
         await sched.close()
 
     run(main)
 
+
+def test_served_counts_the_batches_dispatched_while_a_sequence_waited() -> None:
+    """A request split over two batches: its second batch's items waited for one batch; a
+    request that arrives while the first batch runs rides the second with none ahead of it."""
+
+    async def main() -> None:
+        gate = threading.Event()
+        clock, backend, hooks = FakeClock(), FakeBackend(gate), RecordingHooks()
+        sched = Scheduler(backend, config(budget=20, delay_s=0.0), clock=clock, hooks=hooks)
+        sched.start()
+        first = asyncio.ensure_future(sched.score([task(5) for _ in range(8)], job=Job("a", 1.0)))
+        await settle()  # the first batch (5 items at cost 4) is running
+        late = asyncio.ensure_future(sched.score([task(5)], job=Job("b", 1.0)))
+        await settle()
+        gate.set()
+        await asyncio.gather(first, late)
+        seen = [sorted((s.job, s.batches_ahead) for s in batch) for batch in hooks.batches]
+        assert seen == [[("a", 0)] * 5, [("a", 1)] * 3 + [("b", 0)]]
+        await sched.close()
+
+    run(main)
 
 def test_contended_budget_applies_only_while_two_jobs_wait() -> None:
     planner = BatchPlanner(max_batch_tokens=100, max_delay_s=0.0, contended_batch_tokens=40)

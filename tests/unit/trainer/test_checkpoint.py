@@ -1,4 +1,5 @@
-"""checkpoint: atomic step folders, HF-loadable weights, exact resume, corruption handling, pruning.
+"""checkpoint: atomic step folders, HF-loadable weights, exact resume, float16's loss scale,
+corruption handling, pruning.
 
 Uses a real tiny GPT-2 (with dropout, so the global torch RNG matters) and a word-level tokenizer
 built in the test; nothing is downloaded.
@@ -32,6 +33,7 @@ from tropd.trainer.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
+from tropd.trainer.precision import Precision
 
 VOCAB = 32
 # Fixed toy corpus: 16 sequences of 8 token ids.
@@ -311,6 +313,49 @@ def test_config_and_state_files_are_readable(tmp_path: Path) -> None:
     }
     assert yaml.safe_load((path / "train_config.yaml").read_text()) == CONFIG
 
+
+def _fp16_scaler() -> torch.amp.GradScaler:
+    """The run's own scaler (enabled on CPU too) after an overflowed step and a good one: its
+    scale has backed off from the initial 2**16 and its growth tracker counts one step."""
+    scaler = Precision.of("float16", "cpu").scaler
+    assert scaler is not None and scaler.is_enabled()
+    model = _model(0)
+    opt = _optimizer(model)
+    for overflow in (1e35, 1.0):  # 1e35 * 2**16 is past float32's max: inf gradients
+        loss = model(input_ids=DATA_N_L[:2], labels=DATA_N_L[:2]).loss * overflow
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+    assert scaler.get_scale() == 2.0**15 and scaler.state_dict()["_growth_tracker"] == 1
+    return scaler
+
+
+def test_float16_loss_scale_round_trip(tmp_path: Path) -> None:
+    model, scaler = _model(0), _fp16_scaler()
+    path = save_checkpoint(tmp_path, 1, model, _tokenizer(), _optimizer(model), TrainState(1),
+                           CONFIG, scaler=scaler)  # fmt: skip
+    assert "scaler.pt" in verify_checkpoint(path)["files"]
+    fresh = Precision.of("float16", "cpu").scaler
+    assert fresh is not None and fresh.get_scale() == 2.0**16
+    load_checkpoint(path, _model(1), scaler=fresh)
+    assert fresh.state_dict() == scaler.state_dict()
+    assert fresh.get_scale() == 2.0**15
+
+
+def test_checkpoint_without_a_loss_scale_still_loads(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A float32 run writes no scaler.pt, and a checkpoint from before it was saved resumes a
+    float16 run at the initial scale, with a warning."""
+    path = _save(tmp_path, 1, _model(0))
+    assert not (path / "scaler.pt").exists()
+    fresh = Precision.of("float16", "cpu").scaler
+    assert fresh is not None
+    with caplog.at_level(logging.WARNING, logger="tropd.trainer.checkpoint"):
+        load_checkpoint(path, _model(1), scaler=fresh)
+    assert "holds no float16 loss scale" in caplog.text
+    assert fresh.get_scale() == 2.0**16
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

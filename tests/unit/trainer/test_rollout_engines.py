@@ -2,7 +2,8 @@
 that an independent teacher-forced forward of the same ids gives, at temperature 1 and below,
 on the built-in student and on a Qwen3-architecture student with the real 151,936-token
 vocabulary and an instruct model's sampling knobs; every row comes back once, in groups as it
-finishes; a seeded paged rollout repeats; an unknown engine is a config error naming the key."""
+finishes; both stop at the model's last position; a seeded paged rollout repeats; an unknown
+engine is a config error naming the key."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config
 
 from tropd.errors import ConfigError
 from tropd.trainer.config import RolloutConfig, load_config
-from tropd.trainer.rollout import Completion, roll_out
+from tropd.trainer.rollout import Completion, max_positions, roll_out
 from tropd.trainer.rollout_engines import make_engine
 from tropd.trainer.world import builtin_world_dir
 
@@ -105,6 +106,21 @@ def test_real_vocabulary_qwen3_student_samples_the_raw_distribution(engine: str)
     # student at temperature 1 (near-uniform when random) samples far below them.
     assert min(float(c.behavior_logprobs.min()) for c in completions) < -11
     _check_against_teacher_forced(model, contexts, completions)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_rows_stop_at_the_models_last_position(engine: str) -> None:
+    model, contexts, eos, pad = _student()
+    limit = max_positions(model)  # GPT-2's learned table: one position past it is an IndexError
+    assert limit == model.config.n_positions == 64
+    long = contexts[-1] * 3
+    near = [long[: limit - 3]]  # room for three new tokens
+    torch.manual_seed(0)
+    completions = [c for g in _sample(engine, model, near, 4, 40, [eos], pad) for c in g]
+    assert all(c.ids.size <= 3 for c in completions)
+    assert any(c.ids.size == 3 and c.finish_reason == "length" for c in completions)
+    with pytest.raises(ValueError, match=f"no room in the model's {limit} positions"):
+        _sample(engine, model, [long[:limit]], 1, 40, [eos], pad)
 
 
 def test_paged_rows_come_back_in_groups_and_a_seeded_run_repeats() -> None:

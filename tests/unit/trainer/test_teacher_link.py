@@ -12,7 +12,8 @@ from tropd.teacher.client import Capabilities, Limits, TeacherInfo
 from tropd.teacher.fingerprint import fingerprint_of
 from tropd.trainer.config import load_config
 from tropd.trainer.errors import SetupError
-from tropd.trainer.setup import check_lengths, check_teacher, load_data
+from tropd.trainer.setup import load_data
+from tropd.trainer.teacher_link import check_lengths, check_teacher
 from tropd.trainer.world import builtin_world_dir
 
 VOCAB_ROWS = 19
