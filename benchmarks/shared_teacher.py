@@ -180,7 +180,8 @@ def _trainer_stats(run_dir: Path) -> dict[str, Any]:
 def _phase(
     names: tuple[str, ...], ctx: dict[str, Any], args: argparse.Namespace, out: Path
 ) -> dict[str, Any]:
-    """Run trainers `names` until every light one has finished; probe the whole time."""
+    """Run trainers `names` until every light one has finished; probe from when all were served
+    until the first light one finishes."""
     tokens, probe = ctx["tokens"], ctx["probe"]
     start = _served(ctx["http"], tokens["probe"])
     lights = [name for name in names if name != "greedy"]
