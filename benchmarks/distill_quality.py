@@ -112,12 +112,14 @@ METHODS: dict[str, list[str]] = {
     # and its fourth.
     "tropd_rkl_plain": [*_TROPD, "loss.trust_signal=rkl_topk", "loss.student_topk=16"],
     "rkl_topk_seqtrust": [*_RKL_TOPK, "loss.sequence_trust=true"],
+    # and its fifth.
+    "tropd_anchor_const": [*_ISSUE20_DEFAULT, "loss.anchor_kl=1.0"],
 }
 BASELINES = ("clip", "mask", "fkl_topk", "jsd", "eopd", "entropy_top20")
 SENSITIVITY = ("surprise_c1", "surprise_c4", "surprise_s0_2", "surprise_s0_8")
 ISSUE20 = ("rkl_topk", "tropd_rkl", "rkl_topk_floor", "tropd_seqtrust", "tropd_warmup",
            "tropd_anchor", "tropd_guided", "tropd_anchor20", "tropd_warmup_anchor20",
-           "tropd_rkl_plain", "rkl_topk_seqtrust")  # fmt: skip
+           "tropd_rkl_plain", "rkl_topk_seqtrust", "tropd_anchor_const")  # fmt: skip
 DEFAULT_WORLD_METHODS = tuple(m for m in METHODS if m not in (*SENSITIVITY, *ISSUE20))
 # Other settings, in priority order (a deadline cuts from the end); "best" = the best baseline.
 OTHER_METHODS = (
