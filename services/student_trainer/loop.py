@@ -49,7 +49,6 @@ from tropd.trainer.setup import (
     load_data,
     load_student,
     make_optimizer,
-    resolve_model_path,
     start_status,
 )
 from tropd.trainer.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
@@ -81,7 +80,7 @@ def train(cfg: RunConfig) -> RunResult:
         quiet_progress_bars()  # the libraries' own bars too (loading weights, data sets)
     ranks = join(cfg.train.parallel, cfg.student.device, cfg.train.collective_timeout_s)
     student = load_student(cfg, ranks)  # wrapped in DDP / FSDP2 under train.parallel
-    anchor = load_start_anchor(cfg, resolve_model_path(cfg.student.path))  # loss.anchor_kl
+    anchor = load_start_anchor(cfg)  # the frozen start behind loss.anchor_kl, or None
     data = load_data(cfg, student.tokenizer, student.generation_eos)
     teacher = connect_teachers(cfg, student, data)  # refuses a teacher that does not fit
     drafts = drafts_source(cfg, teacher, data)

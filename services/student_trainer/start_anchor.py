@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from tropd.trainer.config import RunConfig
 from tropd.trainer.errors import SetupError
 from tropd.trainer.precision import DTYPES
+from tropd.trainer.setup import resolve_model_path
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,11 @@ class StartAnchor:
         return Anchor(self.model, self.coef * scale)
 
 
-def load_start_anchor(cfg: RunConfig, path: str) -> StartAnchor | None:
-    """The frozen copy of the student at `path` (the resolved `student.path`), or None when
-    `loss.anchor_kl` is 0."""
+def load_start_anchor(cfg: RunConfig) -> StartAnchor | None:
+    """The frozen copy of the student at `student.path`, or None when `loss.anchor_kl` is 0."""
     if cfg.loss.anchor_kl == 0:
         return None
+    path = resolve_model_path(cfg.student.path)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.student.compute_dtype])
     except (OSError, ValueError) as exc:
