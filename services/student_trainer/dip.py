@@ -125,7 +125,8 @@ def warn_if_dipped(
     log.warning(
         "step %d: eval accuracy %.3f is %.1f points below the start %.3f (train.dip_warn_points "
         "%g); moved most since the first step: %s. A dip while the student switches to the "
-        "teacher's format is common early on; train.keep_best keeps the best student",
+        "teacher's format is common early on; train.keep_best keeps the best student, and "
+        "loss.anchor_kl=1.0 holds a student that keeps falling near its start",
         step, accuracy, 100 * (start - accuracy), start, threshold_points, what,
     )  # fmt: skip
     return True

@@ -64,3 +64,4 @@ def test_warning_names_what_moved(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     assert "30.0 points below the start 0.600" in record.message
     assert "train/trust_fraction 0.85 -> 0.3" in record.message
     assert record.message.index("trust_fraction") < record.message.index("response_tokens")
+    assert "train.keep_best" in record.message and "loss.anchor_kl=1.0" in record.message
