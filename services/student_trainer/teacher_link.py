@@ -121,16 +121,20 @@ def check_teacher(
             f"loss.student_topk={cfg.loss.student_topk} is above the teacher's max candidates "
             f"{info.limits.max_candidates}"
         )
-    drafts_from_teacher = cfg.guidance.source == "teacher" and (
-        cfg.guidance.fraction > 0 or cfg.loss.method == "sft"
-    )
-    if drafts_from_teacher and not info.capabilities.generate:
+    if _drafts_from_teacher(cfg) and not info.capabilities.generate:
         raise SetupError(
             f"the {info.backend!r} teacher backend cannot generate, but guidance.fraction="
             f"{cfg.guidance.fraction} / loss.method={cfg.loss.method!r} need teacher drafts; "
             "write them with a generating teacher (`tropd-train generate-drafts`) and set "
             "guidance.source=file, or turn guidance off"
         )
+
+
+def _drafts_from_teacher(cfg: RunConfig) -> bool:
+    """Whether the run asks the teacher's Generate for drafts (guidance or the sft baseline)."""
+    return cfg.guidance.source == "teacher" and (
+        cfg.guidance.fraction > 0 or cfg.loss.method == "sft"
+    )
 
 
 def longest_prompt(codec: PromptCodec, examples: list[Example], probe: int = 16) -> int:
@@ -166,15 +170,7 @@ def check_lengths(cfg: RunConfig, info: TeacherInfo, data: Data) -> None:
             f"{limits.max_request_tokens}; raise it (`tropd-teacher serve --max-request-tokens "
             f"{longest}`) " + fix
         )
-    if needs_student_topk(cfg.loss) and cfg.loss.student_topk > info.limits.max_candidates:
-        raise SetupError(
-            f"loss.student_topk={cfg.loss.student_topk} is above the teacher's max candidates "
-            f"{info.limits.max_candidates}"
-        )
-    drafts_from_teacher = cfg.guidance.source == "teacher" and (
-        cfg.guidance.fraction > 0 or cfg.loss.method == "sft"
-    )
-    if drafts_from_teacher and budget > limits.max_new_tokens:
+    if _drafts_from_teacher(cfg) and budget > limits.max_new_tokens:
         raise SetupError(
             f"guidance drafts ask the teacher for up to {budget} new tokens (the rollout "
             f"budget), above its Generate cap max_new_tokens {limits.max_new_tokens}; raise it "

@@ -83,3 +83,13 @@ def test_lengths_the_teacher_would_reject_are_refused_naming_its_flag(tokenizer)
     with pytest.raises(SetupError, match=r"drafts ask the teacher for up to 42 new tokens.*"
                                          r"max_new_tokens 32.*--max-new-tokens 42"):
         check_lengths(guided, capped, load_data(guided, tokenizer))
+
+
+def test_student_topk_above_the_teachers_candidate_cap_is_refused(tokenizer) -> None:
+    info = _info(tokenizer)
+    capped = dataclasses.replace(info, limits=dataclasses.replace(info.limits, max_candidates=8))
+    cfg = load_config(None, ["loss.method=rkl_topk", "loss.student_topk=16"])
+    with pytest.raises(SetupError, match="loss.student_topk=16 is above the teacher's max cand"):
+        check_teacher(cfg, capped, tokenizer, VOCAB_ROWS)
+    check_teacher(load_config(None, ["loss.method=rkl_topk", "loss.student_topk=8"]), capped,
+                  tokenizer, VOCAB_ROWS)  # fmt: skip
