@@ -31,7 +31,8 @@ from tropd.trainer.guidance import DraftRequest, Drafts, load_drafts
 from tropd.trainer.precision import DTYPES, Precision
 from tropd.trainer.prompts import PromptCodec, prompt_format, round_trip_losses, stop_ids
 from tropd.trainer.rollout_engines import GenerateEngine, RolloutEngine, make_engine
-from tropd.trainer.status_server import StatusServer, TrainerStatus
+from tropd.trainer.run_status import TrainerStatus
+from tropd.trainer.status_server import StatusServer
 from tropd.trainer.tasks import TaskError, load_task
 from tropd.trainer.tasks.base import Example, Task
 from tropd.trainer.world import builtin_world_dir

@@ -18,8 +18,8 @@ from tropd.teacher.client import Outage, TeacherClientError, TeacherRpcError
 from tropd.trainer.checkpoint import rng_state, set_rng_state
 from tropd.trainer.config import RunConfig
 from tropd.trainer.errors import TeacherRefused, TrainingAborted
+from tropd.trainer.run_status import TeacherWait, TrainerStatus
 from tropd.trainer.sampler import PromptSampler
-from tropd.trainer.status_server import TeacherWait, TrainerStatus
 
 log = logging.getLogger(__name__)
 

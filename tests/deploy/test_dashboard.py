@@ -16,7 +16,8 @@ from deploy_support import CHART, objects, render_values
 from prometheus_client import CollectorRegistry
 
 from tropd.teacher.metrics import TeacherMetrics
-from tropd.trainer.status_server import GAUGE_METRICS, StatusServer, TrainerStatus
+from tropd.trainer.run_status import TrainerStatus
+from tropd.trainer.status_server import GAUGE_METRICS, StatusServer
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "tropd-dashboard.json"
 SUFFIXES = {

@@ -11,7 +11,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tropd.trainer.status_server import StatusServer, TrainerStatus
+from tropd.trainer.run_status import TrainerStatus
+from tropd.trainer.status_server import StatusServer
 
 
 class FakeClock:
