@@ -18,27 +18,20 @@ from .inputs import LossInputs, require
 from .terms import masked, mean_stat, pg_token_loss
 
 
-def anchor_token_loss(inputs: LossInputs) -> Tensor:
-    """`-beta_t * sg(lp_start - lp_S_behavior) * log pi_S(x_t)` on response tokens, else 0.
+def anchor_terms(inputs: LossInputs) -> tuple[Tensor, dict[str, Tensor]]:
+    """The anchor's per-token term and its statistic, from one reading of the start's log-probs.
 
     Args:
         inputs: needs `start_logprobs_B_T` and `behavior_logprobs_B_T`; `anchor_coef` = beta_t.
     Returns:
-        float32 `[B, T]`, differentiable through the student log-probs.
+        `-beta_t * sg(lp_start - lp_S_behavior) * log pi_S(x_t)` on response tokens (float32
+        `[B, T]`, 0 elsewhere, differentiable through the student log-probs), and `anchor_kl`:
+        the mean K1 estimate `lp_S - lp_start` of the KL to the start (how far the student has
+        walked from it), whatever beta_t.
     """
-    reward_B_T = inputs.anchor_coef * _start_reward(inputs)
-    return pg_token_loss(reward_B_T, inputs, inputs.response_mask_B_T)
-
-
-def anchor_stats(inputs: LossInputs) -> dict[str, Tensor]:
-    """`anchor_kl`: the mean K1 estimate `lp_S - lp_start` of the KL to the start (how far the
-    student has walked from it), whatever beta_t."""
-    return mean_stat("anchor_kl", -_start_reward(inputs), inputs.response_mask_B_T)
-
-
-def _start_reward(inputs: LossInputs) -> Tensor:
-    """`lp_start - lp_S_behavior` on response tokens (0 elsewhere), no grad."""
     response_B_T = inputs.response_mask_B_T
     start_B_T = masked(require(inputs, "start_logprobs_B_T", "anchor_kl"), response_B_T)
     behavior_B_T = masked(require(inputs, "behavior_logprobs_B_T", "anchor_kl"), response_B_T)
-    return (start_B_T - behavior_B_T).detach()
+    reward_B_T = (start_B_T - behavior_B_T).detach()
+    term_B_T = pg_token_loss(inputs.anchor_coef * reward_B_T, inputs, response_B_T)
+    return term_B_T, mean_stat("anchor_kl", -reward_B_T, response_B_T)

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from .anchor import anchor_stats, anchor_token_loss
+from .anchor import anchor_terms
 from .config import LossConfig
 from .guidance import guidance_stats, guidance_token_loss
 from .inputs import LossInputError, LossInputs
@@ -49,8 +49,8 @@ def finish(
     denominator = max(float(normalizer), 1.0)
     terms = {**terms, "guidance": guidance_token_loss(inputs, cfg)}
     if inputs.start_logprobs_B_T is not None:  # the KL anchor: only while its weight is on
-        terms["anchor"] = anchor_token_loss(inputs)
-        stats = {**stats, **anchor_stats(inputs)}
+        terms["anchor"], anchor_stats = anchor_terms(inputs)
+        stats = {**stats, **anchor_stats}
     sums = {name: term_B_T.sum() for name, term_B_T in terms.items()}
     loss = torch.stack(list(sums.values())).sum() / denominator
     metric_tensors = {
