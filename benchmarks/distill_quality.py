@@ -165,7 +165,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="only redraw the report from run folders (with --from-json: its runs and these)",
     )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="extra trainer overrides")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.from_json and not args.from_json.is_file():
+        p.error(f"--from-json {args.from_json}: no such file")
+    if args.from_runs and not any(args.from_runs.glob("*/*/seed*")):
+        p.error(f"--from-runs {args.from_runs}: no run folders (<setting>/<method>/seed<k>/) in it")
+    return args
 
 
 def plan(args: argparse.Namespace) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
